@@ -1,0 +1,241 @@
+"""Framing for byte-stream transports (TCP, unix sockets, anything stream-like).
+
+A transport over a byte stream uses :func:`encode_prefix` to send and a
+:class:`StreamDecoder` to receive; both keep a frame's buffer boundaries.
+
+Wire format: once per stream, the 8-byte :data:`BANNER`; then per frame ::
+
+    u32 body_length | u16 segment_count | u32 segment_length * count | body
+
+(big-endian).  ``body_length`` is the sum of the segment lengths.
+
+The decoder is made for :class:`asyncio.BufferedProtocol`: the transport
+hands out :meth:`StreamDecoder.get_buffer` and reports
+:meth:`StreamDecoder.buffer_updated`.  Small segments are copied out of one
+reused receive buffer (cheaper than keeping views into it alive); a frame
+whose body is at least ``direct_threshold`` bytes is received straight into
+a buffer of its own, and its segments are delivered as views of it — no
+copy at all on the large-message path.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+
+from .errors import FrameTooLarge, ProtocolError
+from .transport import Buffer
+
+__all__ = ["BANNER", "MAX_SEGMENTS", "StreamDecoder", "encode_prefix"]
+
+BANNER = b"msgr\x00\x01\r\n"
+"""Sent first on every stream: protocol family + framing version."""
+
+MAX_SEGMENTS = 1024
+"""Most buffers one frame may carry."""
+
+_HEAD = struct.Struct("!IH")
+_SEG1 = struct.Struct("!IHI")
+_SEG2 = struct.Struct("!IHII")
+_U32 = struct.Struct("!I")
+_HEAD_SIZE = _HEAD.size
+
+
+def _nbytes(b: Buffer) -> int:
+    return b.nbytes if type(b) is memoryview else len(b)
+
+
+def encode_prefix(frame: Sequence[Buffer], max_frame_bytes: int) -> bytes:
+    """The bytes to send before ``frame``'s buffers.
+
+    :raises FrameTooLarge: the frame is over ``max_frame_bytes``.
+    :raises ValueError: the frame has no buffer, or more than :data:`MAX_SEGMENTS`.
+    """
+    n = len(frame)
+    if n == 2:
+        a = _nbytes(frame[0])
+        b = _nbytes(frame[1])
+        total = a + b
+        if total > max_frame_bytes:
+            raise FrameTooLarge(total, max_frame_bytes)
+        return _SEG2.pack(total, 2, a, b)
+    if n == 1:
+        a = _nbytes(frame[0])
+        if a > max_frame_bytes:
+            raise FrameTooLarge(a, max_frame_bytes)
+        return _SEG1.pack(a, 1, a)
+    if n == 0 or n > MAX_SEGMENTS:
+        raise ValueError(f"a frame has 1 to {MAX_SEGMENTS} buffers, got {n}")
+    lengths = [_nbytes(b) for b in frame]
+    total = sum(lengths)
+    if total > max_frame_bytes:
+        raise FrameTooLarge(total, max_frame_bytes)
+    return _HEAD.pack(total, n) + struct.pack(f"!{n}I", *lengths)
+
+
+class StreamDecoder:
+    """Incremental decoder; calls ``on_frame(buffers)`` for each whole frame.
+
+    :param on_frame: called with a list of buffers the receiver owns.
+    :param max_frame_bytes: a larger announced body raises :class:`FrameTooLarge`.
+    :param expect_banner: check :data:`BANNER` at the start of the stream.
+    :param direct_threshold: bodies this large are received without a copy.
+
+    :meth:`buffer_updated` raises :class:`ProtocolError` or
+    :class:`FrameTooLarge` on bad input; after that the decoder is dead and
+    the stream must be closed.
+    """
+
+    def __init__(
+        self,
+        on_frame: Callable[[list[Buffer]], None],
+        max_frame_bytes: int,
+        *,
+        expect_banner: bool = True,
+        buffer_size: int = 256 * 1024,
+        direct_threshold: int = 64 * 1024,
+    ) -> None:
+        self._on_frame = on_frame
+        self._max = max_frame_bytes
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # one past the last received byte
+        self._banner = expect_banner
+        self._direct_threshold = direct_threshold
+        # a frame being received straight into its own buffer
+        self._big: bytearray | None = None
+        self._big_view: memoryview | None = None
+        self._big_filled = 0
+        self._big_lengths: list[int] = []
+        self.bytes_received = 0
+
+    # -- the BufferedProtocol side --------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes should go (never empty)."""
+        if self._big_view is not None:
+            return self._big_view[self._big_filled :]
+        if self._end == len(self._buf):
+            self._make_room()
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written into the last :meth:`get_buffer`."""
+        self.bytes_received += nbytes
+        if self._big is not None:
+            self._big_filled += nbytes
+            if self._big_filled == len(self._big):
+                self._finish_big()
+            return
+        self._end += nbytes
+        self._parse()
+
+    def feed(self, data: Buffer) -> None:
+        """Decode ``data`` (a convenience for non-buffered transports)."""
+        mv = memoryview(data).cast("B")
+        while mv:
+            target = self.get_buffer()
+            n = min(len(target), len(mv))
+            target[:n] = mv[:n]
+            mv = mv[n:]
+            self.buffer_updated(n)
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (0 at a frame boundary)."""
+        if self._big is not None:
+            return self._big_filled
+        return self._end - self._start
+
+    # -- internals ------------------------------------------------------
+
+    def _make_room(self) -> None:
+        # Called only when the buffer is full up to its end.
+        held = self._end - self._start
+        if self._start > 0:
+            self._buf[:held] = self._view[self._start : self._end]
+            self._start, self._end = 0, held
+        if self._end == len(self._buf):
+            # One frame header + small body larger than the buffer: grow.
+            # (Bodies >= direct_threshold never get here.)
+            self._view.release()
+            self._buf.extend(bytes(len(self._buf)))
+            self._view = memoryview(self._buf)
+
+    def _parse(self) -> None:
+        buf = self._buf
+        view = self._view
+        if self._banner:
+            have = self._end - self._start
+            n = min(have, len(BANNER))
+            if buf[self._start : self._start + n] != BANNER[:n]:
+                raise ProtocolError(
+                    f"bad stream banner {bytes(buf[self._start:self._start + n])!r}, "
+                    f"expected {BANNER!r} (not a msgr peer?)"
+                )
+            if have < len(BANNER):
+                return
+            self._start += len(BANNER)
+            self._banner = False
+        start, end = self._start, self._end
+        on_frame = self._on_frame
+        unpack_head = _HEAD.unpack_from
+        try:
+            while end - start >= _HEAD_SIZE:
+                total, nseg = unpack_head(buf, start)
+                if total > self._max:
+                    raise FrameTooLarge(total, self._max)
+                if nseg == 0 or nseg > MAX_SEGMENTS:
+                    raise ProtocolError(f"frame with {nseg} segments (1 to {MAX_SEGMENTS} allowed)")
+                hlen = _HEAD_SIZE + 4 * nseg
+                if end - start < hlen:
+                    break
+                if nseg == 1:
+                    lengths: Sequence[int] = (_U32.unpack_from(buf, start + _HEAD_SIZE)[0],)
+                else:
+                    lengths = struct.unpack_from(f"!{nseg}I", buf, start + _HEAD_SIZE)
+                if sum(lengths) != total:
+                    raise ProtocolError(
+                        f"frame segment lengths sum to {sum(lengths)}, header says {total}"
+                    )
+                body = start + hlen
+                if end - body >= total:
+                    segs: list[Buffer] = []
+                    pos = body
+                    for ln in lengths:
+                        segs.append(bytes(view[pos : pos + ln]))
+                        pos += ln
+                    start = pos
+                    self._start = start
+                    on_frame(segs)
+                    continue
+                if total >= self._direct_threshold:
+                    big = bytearray(total)
+                    got = end - body
+                    big[:got] = view[body:end]
+                    self._big = big
+                    self._big_view = memoryview(big)
+                    self._big_filled = got
+                    self._big_lengths = list(lengths)
+                    start = end = 0
+                break
+        finally:
+            if start == end:
+                start = end = 0
+            self._start, self._end = start, end
+
+    def _finish_big(self) -> None:
+        big = self._big
+        view = self._big_view
+        lengths = self._big_lengths
+        self._big = self._big_view = None
+        self._big_filled = 0
+        if big is None or view is None:
+            return
+        segs: list[Buffer] = []
+        pos = 0
+        for ln in lengths:
+            segs.append(view[pos : pos + ln])
+            pos += ln
+        self._on_frame(segs)
