@@ -1,0 +1,97 @@
+"""The message envelope: a msgpack header, a payload, zero-copy attachments.
+
+On a link, one message is one frame::
+
+    [header, payload, attachment, ...]
+
+``header`` is a msgpack array ``[type, seq, ack, flags, priority, cid, verb]``.
+``payload`` is the caller's bytes as given (flag ``PACKED`` clear) or any
+msgpack-serialisable object packed (flag set).  Attachments are extra buffers
+that are never packed or copied.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+from .transport import Buffer
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Message", "Priority", "Reply"]
+
+# message types
+HELLO = 1
+HELLO_OK = 2
+REFUSE = 3
+MSG = 4  # oneway verb
+REQ = 5  # request verb
+REP = 6  # reply
+ERR = 7  # error reply
+ACK = 8
+KEEPALIVE = 9
+KEEPALIVE_ACK = 10
+GOODBYE = 11
+OOB = 12
+
+# flags
+PACKED = 1
+
+PROTOCOL_VERSION = 1
+
+
+class Priority(enum.IntEnum):
+    """Send priority: each session drains ``OOB`` before ``HIGH`` before ``NORMAL``."""
+
+    NORMAL = 0
+    HIGH = 1
+    OOB = 2
+
+
+class Message:
+    """A message as a handler receives it.
+
+    :ivar verb: the verb it was sent with.
+    :ivar payload: ``bytes`` (or a buffer) as sent, or the unpacked object
+        when the sender passed a non-bytes payload.
+    :ivar attachments: the extra buffers, as received (no copy).
+    :ivar conn: the :class:`~msgr_core.connection.Connection` it came on.
+    :ivar priority: the priority it was sent with.
+    """
+
+    __slots__ = ("attachments", "conn", "payload", "priority", "verb")
+
+    def __init__(
+        self,
+        verb: str,
+        payload: Any,
+        attachments: list[Buffer],
+        conn: Connection,
+        priority: int = 0,
+    ) -> None:
+        self.verb = verb
+        self.payload = payload
+        self.attachments = attachments
+        self.conn = conn
+        self.priority = priority
+
+    @property
+    def peer(self) -> str:
+        """The sender's entity name."""
+        return self.conn.peer_name
+
+    def __repr__(self) -> str:
+        return f"<Message {self.verb!r} from {self.conn.peer_name} payload={self.payload!r:.60}>"
+
+
+class Reply:
+    """What a request handler returns to send attachments with its reply
+    (returning a plain value sends just that value)."""
+
+    __slots__ = ("attachments", "payload")
+
+    def __init__(self, payload: Any, attachments: tuple[Buffer, ...] | list[Buffer] = ()) -> None:
+        self.payload = payload
+        self.attachments = tuple(attachments)

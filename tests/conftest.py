@@ -1,0 +1,60 @@
+"""Shared fixtures for the core and integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msgr_core import Messenger
+
+pytest_plugins = ["pytester"]
+
+_INSTALLED = {ep.name for ep in entry_points(group="msgr.transports")}
+
+
+def _listen_address(scheme: str, tmp: Path, name: str) -> str:
+    return {
+        "tcp": "tcp://127.0.0.1:0",
+        "unix": f"unix://{tmp}/{name}.sock",
+        "loop": f"loop://{name}",
+    }[scheme]
+
+
+@pytest.fixture(params=["loop", "tcp"])
+def scheme(request: pytest.FixtureRequest) -> str:
+    """Each messenger test runs over the in-process and the TCP transport."""
+    if request.param not in _INSTALLED:
+        pytest.fail(f"transport {request.param!r} is not installed; run `python3 dev.py setup`")
+    return str(request.param)
+
+
+MakeMessenger = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_messenger(scheme: str, tmp_path: Path) -> AsyncIterator[MakeMessenger]:
+    """``await make_messenger("a", **sections)``: a started messenger
+    listening on ``scheme``; all are stopped at the end of the test."""
+    started: list[Messenger] = []
+
+    async def make(name: str, listen: bool = True, **sections: dict[str, Any]) -> Messenger:
+        messenger = dict(sections.pop("messenger", {}))
+        messenger.setdefault("name", name)
+        if listen:
+            messenger.setdefault("listen", [_listen_address(scheme, tmp_path, name)])
+        else:
+            messenger.setdefault("transports", [scheme])
+        ms = Messenger.from_config({"messenger": messenger, **sections})
+        await ms.start()
+        started.append(ms)
+        return ms
+
+    yield make
+    for ms in reversed(started):
+        with contextlib.suppress(Exception):
+            await ms.stop()

@@ -1,0 +1,95 @@
+"""Config: every error names the source, the dotted key, the value and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msgr_core import Messenger
+from msgr_core.config import Config, load_config
+from msgr_core.errors import ConfigError, PluginNotInstalled
+
+
+def test_defaults_fill_in() -> None:
+    cfg = Config({"messenger": {"name": "a"}})
+    assert cfg["limits"]["max_frame_bytes"] == 64 * 1024 * 1024
+    assert cfg.policy_for("anything") == "lossy_client"
+    assert cfg["inject"]["socket_failures"] == 0
+
+
+def test_transports_order_then_listen_schemes() -> None:
+    cfg = Config({"messenger": {"listen": ["unix:///tmp/x", "tcp://127.0.0.1:0"], "transports": ["tcp"]}})
+    assert cfg.transports == ["tcp", "unix"]
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "expected"),
+    [
+        ({"limits": {"max_frame_bytes": "big"}}, "limits.max_frame_bytes", "an integer"),
+        ({"limits": {"max_frame_byte": 10}}, "limits.max_frame_byte", "one of the keys"),
+        ({"messenger": {"listen": "tcp://x:1"}}, "messenger.listen", "a list of strings"),
+        ({"messenger": {"listen": ["nonsense"]}}, "messenger.listen[0]", "a URI"),
+        ({"policy": {"default": "lossy_clinet"}}, "policy.default", "one of"),
+        ({"limits": {"connect_timeout": -1}}, "limits.connect_timeout", ">= 0"),
+        ({"limits": {"low_watermark": 10, "high_watermark": 5}}, "limits.low_watermark", "at most"),
+        ({"inject": {"socket_failures": True}}, "inject.socket_failures", "an integer"),
+        ({"messenger": 3}, "messenger", "a table"),
+    ],
+)
+def test_errors_name_key_value_and_expectation(data: dict[str, object], key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        Config(data)
+    assert ei.value.key == key
+    assert expected in ei.value.expected
+    assert key in str(ei.value)
+
+
+def test_did_you_mean_for_keys_and_policies() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'max_frame_bytes'"):
+        Config({"limits": {"max_frame_byte": 10}})
+    with pytest.raises(ConfigError, match="did you mean 'lossy_client'"):
+        Config({"policy": {"default": "lossy_clinet"}})
+
+
+def test_unknown_section_is_rejected_with_a_hint() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'limits'") as ei:
+        Messenger.from_config({"limitz": {}})
+    assert ei.value.key == "limitz"
+
+
+def test_lossless_policies_are_refused_until_implemented() -> None:
+    with pytest.raises(ConfigError, match="in this release"):
+        Config({"policy": {"default": "lossless_peer"}})
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "node.toml"
+    bad.write_text('[limits]\nmax_frame_bytes = "x"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(bad)
+    assert str(bad) in str(ei.value) and "limits.max_frame_bytes" in str(ei.value)
+    bad.write_text("[limits\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="readable TOML file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_selecting_a_transport_that_is_not_installed_says_what_to_install() -> None:
+    with pytest.raises(PluginNotInstalled) as ei:
+        Messenger.from_config({"messenger": {"transports": ["rdma"]}})
+    assert ei.value.name == "rdma"
+    assert ei.value.distribution == "msgr-rdma"
+    assert "install msgr-rdma" in str(ei.value)
+    assert "tcp" in ei.value.installed
+
+
+def test_plugin_section_accepted_when_selected_and_typed() -> None:
+    ms = Messenger.from_config({"messenger": {"transports": ["tcp"]}, "tcp": {}})
+    assert ms.config["tcp"] == ms.transports.get("tcp").config_defaults
+
+
+def test_unknown_extension_is_reported() -> None:
+    with pytest.raises(PluginNotInstalled, match="unknown extension 'gossip'"):
+        Messenger.from_config({"messenger": {"extensions": ["gossip"]}})
