@@ -59,8 +59,8 @@ def setup() -> None:
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [PY, "-m", "pip", "--disable-pip-version-check", "-q"]
     run(*pip, "install", "--upgrade", "pip")
-    args: list[str | Path] = []
-    for dist in distributions():
+    args: list[str | Path] = ["-e", f"{ROOT}[test,bench]"]
+    for dist in distributions()[1:]:
         args += ["-e", f"{dist}[test]"]
     run(*pip, "install", *args, *DEV_TOOLS)
     STAMP.write_text(fingerprint)

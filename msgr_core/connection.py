@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import random
@@ -391,7 +392,7 @@ class Connection:
         if state == CLOSED:
             return
         if isinstance(exc, ProtocolError | FrameTooLarge):
-            log.warning("closing link with %s: %s", self._who(), exc)
+            log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
             self._ms._count_error(type(exc).__name__)
         reason = self.close_reason or (f"link lost: {exc}" if exc else "link closed")
         if state in (CONNECTING, HANDSHAKE):
@@ -449,7 +450,7 @@ class Connection:
         if not exc.peer:
             exc.peer = self._who()
             exc.args = (f"{exc.args[0]} (peer {exc.peer})",)
-        log.warning("closing link with %s: %s", self._who(), exc)
+        log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
         self._ms._count_error(type(exc).__name__)
         self.close_reason = str(exc)
         if self._link is not None:
@@ -674,6 +675,10 @@ class Connection:
 
     async def _close_gracefully(self, timeout: float) -> None:
         """Flush, say goodbye, close; bounded by ``timeout``."""
+        if self.state in (CONNECTING, HANDSHAKE) and self._queued_bytes:
+            # messages are waiting for this session: let it come up first
+            with contextlib.suppress(TimeoutError, PeerUnreachable):
+                await asyncio.wait_for(asyncio.shield(self._handshake_done), timeout)
         if self.state == OPEN:
             try:
                 await asyncio.wait_for(self.drain(), timeout)

@@ -92,6 +92,19 @@ async def _node(name: str, address: str) -> int:
                 await asyncio.sleep(0.005)
 
         task = asyncio.create_task(talk())
+
+        async def quiesce() -> None:
+            # Stop talking; a ping behind our last oneway message on each
+            # session returns only once the peer has handled all of them.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for peer, address in list(peers.items()):
+                if peer != name:
+                    try:
+                        await ms.send_message("msgr.ping", address, b"", timeout=5.0)
+                    except Exception as exc:
+                        _emit(event="error", peer=peer, error=f"{type(exc).__name__}: {exc}")
+
         while True:
             line = await reader.readline()
             if not line:
@@ -99,14 +112,12 @@ async def _node(name: str, address: str) -> int:
             cmd = json.loads(line)
             if cmd.get("cmd") == "forget":
                 peers.pop(cmd["peer"], None)
+            elif cmd.get("cmd") == "quiesce":
+                await quiesce()
+                _emit(event="quiet", name=name)
             elif cmd.get("cmd") == "stop":
+                await quiesce()
                 break
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for peer in list(sent):
-            conn = ms._by_addr.get(peers.get(peer, ""))
-            if conn is not None and conn.is_open:
-                await conn.drain()
         rtts.sort()
         _emit(event="summary", name=name, requests=len(rtts), errors=errors, sent=sent, received=received,
               p50_ms=round(rtts[len(rtts) // 2], 3) if rtts else None,
@@ -159,6 +170,7 @@ def run_demo(nodes: int = 3, transport: str = "tcp", duration: float = 3.0) -> i
     tmp = tempfile.mkdtemp(prefix="msgr-demo-")
     children: list[_Child] = []
     lock = threading.Lock()
+    quiet_seen: dict[str, threading.Barrier] = {}
     ok = True
 
     def pump(child: _Child) -> None:
@@ -179,6 +191,8 @@ def run_demo(nodes: int = 3, transport: str = "tcp", duration: float = 3.0) -> i
                     _say(f"  {child.name}: {ev['error']}")
                 elif kind == "summary":
                     child.summary = ev
+            if kind == "quiet":
+                quiet_seen[child.name].wait(timeout=30)
 
     def stop_all() -> None:
         for c in children:
@@ -215,6 +229,11 @@ def run_demo(nodes: int = 3, transport: str = "tcp", duration: float = 3.0) -> i
         leaver.send(cmd="stop")
         leaver.proc.wait(timeout=30)
         time.sleep(duration / 2)
+        survivors_quiet = threading.Barrier(len(children))
+        quiet_seen.update({c.name: survivors_quiet for c in children[:-1]})
+        for c in children[:-1]:
+            c.send(cmd="quiesce")
+        survivors_quiet.wait(timeout=30)
         for c in children[:-1]:
             c.send(cmd="stop")
         for c in children:
