@@ -49,8 +49,6 @@ def run(*cmd: str | Path, check: bool = True) -> int:
 
 
 def setup() -> None:
-    if sys.version_info < (3, 11):
-        sys.exit(f"msgr needs Python >= 3.11; this is {sys.version.split()[0]}")
     fingerprint = _fingerprint()
     if STAMP.exists() and STAMP.read_text() == fingerprint and PY.exists():
         return
@@ -95,6 +93,8 @@ def test(extra: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything else checks
+        sys.exit(f"msgr needs Python >= 3.11; this is {sys.version.split()[0]}")
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
         return 2

@@ -232,7 +232,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("", str(path), "a readable TOML file", source=str(path), hint=exc.strerror or str(exc)) from None
+        hint = exc.strerror or str(exc)
+        raise ConfigError("", str(path), "a readable TOML file", source=str(path), hint=hint) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

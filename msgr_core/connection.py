@@ -311,10 +311,8 @@ class Connection:
         if link is None or link.is_closing():
             return
         header = self._ms._packer.pack((mtype, 0, self._in_seq, m.PACKED if body != b"" else 0, 0, cid, verb))
-        try:
+        with contextlib.suppress(LinkClosed):
             link.send((header, _packb(body) if body != b"" else body))
-        except LinkClosed:
-            pass
 
     def _pump(self) -> None:
         self._recheck = None
@@ -411,7 +409,7 @@ class Connection:
             if _nbytes(head) > self._max_header:
                 raise ProtocolError(f"header of {_nbytes(head)} bytes over limits.max_header_bytes "
                                     f"= {self._max_header}")
-            mtype, seq, ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
+            mtype, seq, _ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
             if len(frame) < 2:
                 raise ProtocolError("message frame without a payload segment")
             body = frame[1]
@@ -680,19 +678,15 @@ class Connection:
             with contextlib.suppress(TimeoutError, PeerUnreachable):
                 await asyncio.wait_for(asyncio.shield(self._handshake_done), timeout)
         if self.state == OPEN:
-            try:
+            with contextlib.suppress(TimeoutError, ConnectionReset):
                 await asyncio.wait_for(self.drain(), timeout)
-            except (TimeoutError, ConnectionReset):
-                pass
             if self.state == OPEN and self._link is not None:
                 self._stopping = True
                 self.close_reason = "messenger stopped"
                 self._send_control(m.GOODBYE)
                 self._link.close()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._link_gone), timeout)
-                except TimeoutError:
-                    pass
         self._reset("messenger stopped", notify=False)
 
 

@@ -430,7 +430,7 @@ class Messenger:
         self._fire("msgr_handle_refused", conn=conn, reason=reason)
 
     def _learn(self, conn: Connection) -> None:
-        if conn.peer_addrs and conn.peer_addrs != (conn.address,) or conn.outgoing:
+        if (conn.peer_addrs and conn.peer_addrs != (conn.address,)) or conn.outgoing:
             self._known_addrs[conn.peer_name] = conn.peer_addrs
         current = self._by_name.get(conn.peer_name)
         if current is None or current.is_closed or conn.outgoing or not current.outgoing:

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from msgr_core import Message, Messenger
+from msgr_core import Messenger
 from msgr_core.framing import BANNER, encode_prefix
 
 PEER = Path(__file__).with_name("peer_node.py")
@@ -104,12 +104,16 @@ async def test_hostile_bytes_close_only_that_connection(attack: str, caplog: pyt
         host, port = address[len("tcp://"):].rsplit(":", 1)
         assert await client.send_message("count", address, 0, timeout=5) == 0
         stop = asyncio.Event()
+        progressed = asyncio.Event()
+        target = 0
 
         async def good_traffic() -> None:
             nonlocal got
             while not stop.is_set():
                 got += 1
                 assert await client.send_message("count", address, got, timeout=5) == got
+                if target and got >= target:
+                    progressed.set()
 
         traffic = asyncio.create_task(good_traffic())
         with caplog.at_level(logging.WARNING):
@@ -124,10 +128,9 @@ async def test_hostile_bytes_close_only_that_connection(attack: str, caplog: pyt
             except ConnectionResetError:
                 rest = b""
             writer.close()
-        before = got
         # the good peer's traffic is still flowing, on the same session
-        while got < before + 50:
-            await asyncio.sleep(0)
+        target = got + 50
+        await asyncio.wait_for(progressed.wait(), 10)
         stop.set()
         await traffic
         assert client.get_connection(address).stats["msgs_in"] >= got
