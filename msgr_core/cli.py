@@ -90,14 +90,15 @@ async def _ping(address: str, count: int, size: int, timeout: float) -> int:
     async with ms:
         try:
             t0 = time.perf_counter()
-            peer = await ms.request("msgr.ping", address, payload, timeout=timeout)
+            # a probe: lossy, so an unreachable node fails at once
+            conn = ms.get_connection(address, policy="lossy_client")
+            await conn.request("msgr.ping", payload, timeout=timeout)
             first = (time.perf_counter() - t0) * 1e3
-            conn = peer.conn
             print(f"connected to {conn.peer_name} ({conn.peer_type}) at {address} "
                   f"in {first:.2f} ms (connect + handshake + first round trip)")
             for i in range(count):
                 t0 = time.perf_counter()
-                await ms.request("msgr.ping", address, payload, timeout=timeout)
+                await conn.request("msgr.ping", payload, timeout=timeout)
                 rtt = (time.perf_counter() - t0) * 1e3
                 rtts.append(rtt)
                 print(f"{size} bytes from {conn.peer_name}: seq={i + 1} rtt={rtt:.3f} ms")

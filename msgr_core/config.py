@@ -10,10 +10,10 @@
     extensions = []                     # extension plugins to enable
 
     [policy]
-    default = "lossy_client"            # policy for peer types not listed
+    default = "lossless_peer"           # policy for peer types not listed
     client = "stateless_server"         # per peer type
 
-    [limits]   ...   [inject]   ...     (see CORE_DEFAULTS)
+    [limits] ... [session] ... [inject] ...   (see CORE_DEFAULTS)
 
 Every section and key is checked: unknown ones are rejected with a
 did-you-mean, and each value must have the type of its default.  Plugins
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .policy import IMPLEMENTED, POLICIES
+from .policy import POLICIES
 
 __all__ = ["CORE_DEFAULTS", "Config", "load_config"]
 
@@ -59,14 +59,28 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "request_timeout": 30.0,
         "stop_timeout": 5.0,
     },
+    "session": {
+        "ack_every": 64,
+        "ack_delay": 0.02,
+        "max_unacked_bytes": 32 * MiB,
+        "max_unacked_msgs": 65536,
+        "reconnect_min": 0.2,
+        "reconnect_max": 15.0,
+        "keepalive_interval": 5.0,
+        "keepalive_timeout": 30.0,
+    },
     "inject": {
         "socket_failures": 0,
         "seed": 0,
+        "delay_type": "",
+        "delay_max": 0.0,
+        "delay_probability": 0.0,
+        "blackhole_types": [],
     },
 }
 
 POLICY_SECTION = "policy"
-DEFAULT_POLICY = "lossy_client"
+DEFAULT_POLICY = "lossless_peer"
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
@@ -122,8 +136,14 @@ class Config:
         return order
 
     def policy_for(self, peer_type: str) -> str:
+        """The policy for peers of ``peer_type`` (``policy.default`` if not listed)."""
         pol = self[POLICY_SECTION]
         return str(pol.get(peer_type, pol["default"]))
+
+    def explicit_policy(self, peer_type: str) -> str | None:
+        """The policy configured for ``peer_type`` by name, or ``None``."""
+        pol = self[POLICY_SECTION]
+        return str(pol[peer_type]) if peer_type in pol and peer_type != "default" else None
 
     # -- plugin sections ----------------------------------------------------
 
@@ -197,9 +217,6 @@ class Config:
             if not isinstance(value, str) or value not in POLICIES:
                 hint = _did_you_mean(value, list(POLICIES)) if isinstance(value, str) else ""
                 raise ConfigError(dotted, value, f"one of {', '.join(POLICIES)}", source=self.source, hint=hint)
-            if value not in IMPLEMENTED:
-                raise ConfigError(dotted, value, f"one of {', '.join(sorted(IMPLEMENTED))} in this release",
-                                  source=self.source)
             out[key] = value
         return out
 
@@ -213,6 +230,20 @@ class Config:
         if lim["low_watermark"] > lim["high_watermark"]:
             raise ConfigError("limits.low_watermark", lim["low_watermark"],
                               f"at most limits.high_watermark ({lim['high_watermark']})", source=self.source)
+        ses = self["session"]
+        for key in ("ack_every", "max_unacked_msgs"):
+            if ses[key] < 1:
+                raise ConfigError(f"session.{key}", ses[key], "at least 1", source=self.source)
+        for key in ("keepalive_interval", "ack_delay", "reconnect_min"):
+            if ses[key] <= 0:
+                raise ConfigError(f"session.{key}", ses[key], "a number > 0", source=self.source)
+        if ses["reconnect_max"] < ses["reconnect_min"]:
+            raise ConfigError("session.reconnect_max", ses["reconnect_max"],
+                              f"at least session.reconnect_min ({ses['reconnect_min']})", source=self.source)
+        inj = self["inject"]
+        if inj["delay_probability"] > 1:
+            raise ConfigError("inject.delay_probability", inj["delay_probability"], "a probability in [0, 1]",
+                              source=self.source)
         if lim["max_frame_bytes"] < 1024:
             raise ConfigError("limits.max_frame_bytes", lim["max_frame_bytes"], "at least 1024", source=self.source)
         if not ms["name"]:

@@ -1,25 +1,45 @@
 """A :class:`Connection` is the session with one peer.
 
-It owns the peer's priority queues and pending requests, speaks the session
-protocol over whatever :class:`~msgr_core.transport.Link` it currently has,
-and applies the session's :class:`~msgr_core.policy.Policy` when that link
-fails.  Applications get connections from
-:meth:`Messenger.get_connection <msgr_core.messenger.Messenger.get_connection>`;
-they are never constructed directly.
+It owns the peer's priority queues, its retransmit window and pending
+requests, speaks the session protocol over whatever
+:class:`~msgr_core.transport.Link` it currently has, and applies its
+:class:`~msgr_core.policy.Policy` when that link fails.  Applications get
+connections from :meth:`Messenger.get_connection
+<msgr_core.messenger.Messenger.get_connection>`; they are never constructed
+directly.
 
 States::
 
-    CONNECTING -> HANDSHAKE -> OPEN -> CLOSED        (we dialled)
-    ACCEPTING  ------------->  OPEN -> CLOSED        (the peer dialled)
+    CONNECTING -> HANDSHAKE -> OPEN -> CLOSED            (we dialled)
+    ACCEPTING  ------------->  OPEN -> CLOSED            (the peer dialled)
+                               OPEN <-> STANDBY          (lossless: link lost / back)
 
-Messages sent before ``OPEN`` wait in the queues.  Under the lossy policies
-a link fault moves the session to ``CLOSED``: pending requests fail with
-:class:`~msgr_core.errors.ConnectionReset`, queued messages are counted as
-dropped (``stats["dropped"]``) and ``handle_reset`` fires on both ends.
+Messages sent before ``OPEN`` (or in ``STANDBY``) wait in the queues.
 
-Priority: ``OOB`` before ``HIGH`` before ``NORMAL``; frames are handed to the
-link only while it is under its high watermark, so a late high-priority
-message overtakes everything still queued.  Order is kept per priority class.
+*Lossy* policies: a link fault closes the session: pending requests fail
+with :class:`~msgr_core.errors.ConnectionReset`, queued messages are
+reported undeliverable (``msgr_undeliverable``) and ``handle_reset`` fires
+on both ends.
+
+*Lossless* policies: every data message gets a per-session sequence number
+when it leaves the priority queues and stays in the retransmit window until
+the peer acknowledges it (acks ride on every header, and go alone after
+``session.ack_every`` messages or ``session.ack_delay`` seconds).  When the
+link fails the session goes to ``STANDBY``; the client side (or, for
+``lossless_peer``, a side with something to send) dials again — at once,
+then with exponential backoff — and the handshake resumes the session: each
+side says the last sequence number it received, the other replays the rest,
+and the receiver drops duplicates.  Nothing is lost, duplicated or
+reordered.  A peer that restarted (new incarnation) or discarded its session
+is detected in the handshake: the old session is closed (its undelivered
+messages reported) and a new one starts empty.
+
+Priority: ``OOB`` before ``HIGH`` before ``NORMAL``; data frames are handed
+to the link only while it is under its high watermark and the retransmit
+window has room, so a late high-priority message overtakes everything still
+queued.  Order is kept per priority class.  OOB payloads
+(:meth:`Connection.register_oob_message`) bypass the queues and are never
+sequenced or replayed.
 """
 
 from __future__ import annotations
@@ -29,7 +49,9 @@ import collections
 import contextlib
 import inspect
 import logging
+import math
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +63,6 @@ from .errors import (
     ConnectionReset,
     FrameTooLarge,
     LinkClosed,
-    MessengerStopped,
     PeerUnreachable,
     ProtocolError,
     RemoteError,
@@ -63,6 +84,7 @@ CONNECTING = "connecting"
 HANDSHAKE = "handshake"
 ACCEPTING = "accepting"
 OPEN = "open"
+STANDBY = "standby"
 CLOSED = "closed"
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
@@ -72,9 +94,73 @@ _OVERHEAD = 32
 _unpackb = msgpack.unpackb
 _packb = msgpack.packb
 
+# queue item: (mtype, flags, priority, cid, verb, body, attachments, size)
+_Item = tuple[int, int, int, int, str, Any, Sequence[Buffer], int]
+
 
 def _nbytes(b: Buffer) -> int:
     return b.nbytes if type(b) is memoryview else len(b)
+
+
+class _Port:
+    """The handler of one link: forwards its events to the session that owns
+    it now.  A link can change hands (a resumed session adopts the link its
+    peer opened) or be orphaned (replaced by a newer link); then its events
+    go nowhere."""
+
+    __slots__ = ("done", "gone", "link", "outgoing", "session")
+
+    def __init__(self, session: Connection | None, outgoing: bool) -> None:
+        self.session = session
+        self.outgoing = outgoing
+        self.link: Link | None = None
+        self.done: asyncio.Future[dict[str, Any]] | None = None  # outgoing handshake result
+        self.gone: asyncio.Future[None] | None = None  # set when the link is lost
+
+    def link_made(self, link: Link) -> None:
+        self.link = link
+        if self.session is not None:
+            self.session._link_made(self)
+
+    def frame_received(self, frame: list[Buffer]) -> None:
+        s = self.session
+        if s is not None:
+            s._frame(self, frame)
+
+    def pause_writing(self) -> None:
+        if self.session is not None and self.session._port is self:
+            self.session._paused = True
+
+    def resume_writing(self) -> None:
+        if self.session is not None and self.session._port is self:
+            self.session._resume_writing()
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        s = self.session
+        self.session = None
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(PeerUnreachable("", f"link lost in handshake: {exc or 'closed'}"))
+            self.done.exception()
+        if s is not None:
+            s._link_lost(self, exc)
+
+    def orphan(self) -> None:
+        """Detach from its session and close the link (it was replaced)."""
+        self.session = None
+        if self.link is not None and not self.link.is_closing():
+            self.link.abort()
+
+
+class _OobEntry:
+    __slots__ = ("callback", "due", "interval", "op")
+
+    def __init__(self, op: str, callback: Callable[[], Any], interval: float, due: float) -> None:
+        self.op = op
+        self.callback = callback
+        self.interval = interval
+        self.due = due
 
 
 class Connection:
@@ -87,6 +173,8 @@ class Connection:
     :ivar peer_incarnation: changes whenever the peer process restarts.
     :ivar outgoing: ``True`` if we dialled.
     :ivar policy: the session's policy.
+    :ivar state: one of ``connecting``, ``handshake``, ``accepting``,
+        ``open``, ``standby``, ``closed``.
     """
 
     def __init__(self, messenger: Messenger, *, outgoing: bool, address: str = "",
@@ -94,41 +182,78 @@ class Connection:
         self._ms = messenger
         self._loop = messenger.loop
         lim = messenger.config["limits"]
+        ses = messenger.config["session"]
         self._max_frame: int = lim["max_frame_bytes"]
         self._max_header: int = lim["max_header_bytes"]
         self._max_queued: int = lim["max_queued_bytes"]
         self._high: int = lim["high_watermark"]
+        self._ack_every: int = ses["ack_every"]
+        self._ack_delay: float = ses["ack_delay"]
+        self._max_unacked_bytes: int = ses["max_unacked_bytes"]
+        self._max_unacked_msgs: int = ses["max_unacked_msgs"]
         self.outgoing = outgoing
         self.address = address
         self.peer_name = ""
         self.peer_type = ""
         self.peer_addrs: tuple[str, ...] = (address,) if address else ()
         self.peer_incarnation = 0
-        self.policy = policy
+        self.policy: Policy | None = None
+        self._lossless = False
         self.state = CONNECTING if outgoing else ACCEPTING
         self.close_reason = ""
+        self.sid = secrets.randbits(62) + 1  # this side's session id
+        self.peer_sid = 0  # the peer's session id, once known
+        self._port: _Port | None = None
         self._link: Link | None = None
-        self._queues: tuple[collections.deque[tuple[Any, ...]], ...] = (
+        self._queues: tuple[collections.deque[_Item], ...] = (
             collections.deque(), collections.deque(), collections.deque())
         self._queued_bytes = 0
         self._paused = False
+        self._window_full = False
         self._recheck: asyncio.TimerHandle | asyncio.Handle | None = None
         self._space_waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._state_waiters: list[asyncio.Future[None]] = []
         self._pending: dict[int, tuple[asyncio.Future[Message], str, asyncio.TimerHandle | None]] = {}
         self._next_cid = 1
+        # sequencing (lossless): _unacked holds (seq, frame, item) in seq order
         self._out_seq = 0
         self._in_seq = 0
-        self._handshake_done: asyncio.Future[None] = self._loop.create_future()
-        self._link_gone: asyncio.Future[None] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
+        self._ack_sent = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._unacked: collections.deque[tuple[int, Sequence[Buffer], _Item]] = collections.deque()
+        self._unacked_bytes = 0
+        # reconnection
+        self._attempt: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._backoff = 0.0
+        self._opened = self._loop.create_future()  # first OPEN (or failure) of this session
+        self._timer: asyncio.TimerHandle | None = None  # accepting side's handshake timeout
         self._stopping = False
+        self._oob: dict[str, _OobEntry] = {}
+        self._oob_timer: asyncio.TimerHandle | None = None
+        # liveness: frames received, and their count at the last keepalive tick
+        self._rx = 0
+        self._rx_mark = 0
+        self._idle_ticks = 0
         inject = messenger.config["inject"]
         self._inject_n: int = inject["socket_failures"]
-        self._rng = messenger.inject_rng
+        self._inject_rolled = False
+        self._rng: random.Random = messenger.inject_rng
+        self._blackhole = False
+        self._delay_p: float = 0.0
+        self._delayed: collections.deque[tuple[_Port, list[Buffer]]] | None = None
         # counters (plain ints: cheap on the hot path; read through .stats)
         self.msgs_out = self.bytes_out = self.msgs_in = self.bytes_in = 0
         self.dropped = self.handler_errors = self.unhandled = 0
+        self.retransmits = self.duplicates = self.reconnects = self.links = 0
+        self.oob_out = self.oob_in = 0
+        if policy is not None:
+            self._set_policy(policy)
+
+    def _set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self._lossless = not policy.lossy
 
     # -- public API ------------------------------------------------------
 
@@ -138,11 +263,12 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        """True once the handshake completed and until the session closes."""
+        """True while the session has a link that completed the handshake."""
         return self.state == OPEN
 
     @property
     def is_closed(self) -> bool:
+        """True once the session is over (reset, marked down, stopped)."""
         return self.state == CLOSED
 
     @property
@@ -151,11 +277,17 @@ class Connection:
         return self._queued_bytes
 
     @property
+    def link(self) -> Link | None:
+        """The current link, if any (for introspection)."""
+        return self._link
+
+    @property
     def stats(self) -> dict[str, Any]:
         """A snapshot of this connection's counters and queue depths."""
         return {
             "peer": self.peer_name,
             "state": self.state,
+            "policy": self.policy.name if self.policy else "",
             "msgs_out": self.msgs_out,
             "bytes_out": self.bytes_out,
             "msgs_in": self.msgs_in,
@@ -163,9 +295,17 @@ class Connection:
             "dropped": self.dropped,
             "handler_errors": self.handler_errors,
             "unhandled": self.unhandled,
+            "retransmits": self.retransmits,
+            "duplicates": self.duplicates,
+            "reconnects": self.reconnects,
+            "links": self.links,
+            "oob_out": self.oob_out,
+            "oob_in": self.oob_in,
             "pending_requests": len(self._pending),
             "queued_msgs": sum(len(q) for q in self._queues),
             "queued_bytes": self._queued_bytes,
+            "unacked_msgs": len(self._unacked),
+            "unacked_bytes": self._unacked_bytes,
             "link_buffered_bytes": self._link.write_buffer_size() if self._link else 0,
         }
 
@@ -234,7 +374,7 @@ class Connection:
 
         :raises ConnectionReset: the session closed first.
         """
-        while self._queued_bytes or self.state in (CONNECTING, HANDSHAKE, ACCEPTING):
+        while self._queued_bytes or self.state in (CONNECTING, HANDSHAKE, ACCEPTING, STANDBY):
             if self.state == CLOSED:
                 break
             fut = self._loop.create_future()
@@ -243,10 +383,60 @@ class Connection:
         if self.state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
 
+    async def wait_acked(self) -> None:
+        """Wait until the peer has acknowledged every message sent so far
+        (lossless sessions; for lossy ones, the same as :meth:`drain`)."""
+        await self.drain()
+        while self._unacked and self.state != CLOSED:
+            self._send_ack_soon()
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+        if self.state == CLOSED:
+            raise ConnectionReset(self._who(), self.close_reason or "closed")
+
     def mark_down(self) -> None:
-        """Close the session now: queued messages are dropped, pending
-        requests fail.  The peer sees a reset; we do not fire ``handle_reset``."""
+        """Close the session now: queued and unacknowledged messages are
+        reported undeliverable, pending requests fail.  The peer sees a reset;
+        we do not fire ``handle_reset``."""
         self._reset("marked down", notify=False)
+
+    def register_oob_message(self, op: str, callback: Callable[[], Any], interval: float) -> None:
+        """Every ``interval`` seconds, send ``callback()`` out of band as ``op``.
+
+        All OOB payloads due on this connection at the same moment go out in
+        one frame, ahead of every queued message; they are not sequenced or
+        replayed (a lost one is simply produced again next interval).  The
+        receiver gets ``dispatch_oob(conn, op, payload)``.  Registrations
+        with the same interval are aligned, so they always share a frame.
+        ``callback`` returning ``None`` skips that interval.
+        """
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        now = self._loop.time()
+        due = math.ceil(now / interval) * interval
+        self._oob[op] = _OobEntry(op, callback, interval, due)
+        self._arm_oob()
+
+    def unregister_oob_message(self, op: str) -> None:
+        """Stop sending ``op``."""
+        self._oob.pop(op, None)
+        self._arm_oob()
+
+    def send_oob_now(self, payloads: dict[str, Any]) -> bool:
+        """Send ``{op: payload}`` out of band right away (one frame).
+        Returns False when there is no open link to send it on."""
+        link = self._link
+        if self.state != OPEN or link is None:
+            return False
+        header = self._ms._packer.pack((m.OOB, 0, self._in_seq, m.PACKED, Priority.OOB, 0, ""))
+        try:
+            link.send((header, _packb(payloads)))
+        except LinkClosed:
+            return False
+        self._ack_sent = self._in_seq
+        self.oob_out += 1
+        return True
 
     # -- sending internals ---------------------------------------------------
 
@@ -268,10 +458,10 @@ class Connection:
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame, peer=self._who())
         state = self.state
-        if state == OPEN and not self._paused and not self._queued_bytes:
+        if state == OPEN and not self._paused and not self._window_full and not self._queued_bytes:
             link = self._link
             if link is not None and link.write_buffer_size() < self._high:
-                self._transmit(mtype, flags, priority, cid, verb, body, attachments, size)
+                self._transmit((mtype, flags, priority, cid, verb, body, attachments, size))
                 return
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
@@ -280,39 +470,63 @@ class Connection:
         prio = priority if 0 <= priority <= 2 else Priority.NORMAL
         self._queues[prio].append((mtype, flags, priority, cid, verb, body, attachments, size))
         self._queued_bytes += size + _OVERHEAD
-        if state == OPEN and not self._paused and self._recheck is None:
-            self._recheck = self._loop.call_soon(self._pump)
+        if state == OPEN:
+            if not self._paused and self._recheck is None:
+                self._recheck = self._loop.call_soon(self._pump)
+        elif state == STANDBY:
+            self._kick()
 
-    def _transmit(self, mtype: int, flags: int, priority: int, cid: int, verb: str,
-                  body: Any, attachments: Sequence[Buffer], size: int) -> None:
+    def _transmit(self, item: _Item) -> None:
         link = self._link
         if link is None:
-            self.dropped += 1
+            self._undeliverable([item], "no link")
             return
+        mtype, flags, priority, cid, verb, body, attachments, size = item
         seq = self._out_seq = self._out_seq + 1
-        header = self._ms._packer.pack((mtype, seq, self._in_seq, flags, priority, cid, verb))
+        ack = self._ack_sent = self._in_seq
+        header = self._ms._packer.pack((mtype, seq, ack, flags, priority, cid, verb))
+        frame: Sequence[Buffer] = [header, body, *attachments] if attachments else (header, body)
+        if self._lossless:
+            self._unacked.append((seq, frame, item))
+            self._unacked_bytes += size + _OVERHEAD
+            if self._unacked_bytes > self._max_unacked_bytes or len(self._unacked) > self._max_unacked_msgs:
+                self._window_full = True
         try:
-            if attachments:
-                link.send([header, body, *attachments])
-            else:
-                link.send((header, body))
+            link.send(frame)
         except LinkClosed:
-            self.dropped += 1
+            if not self._lossless:
+                self._undeliverable([item], "link closed")
             return
         self.msgs_out += 1
         self.bytes_out += size
-        if self._inject_n and self._rng.random() * self._inject_n < 1.0:
-            log.info("inject: failing link to %s (inject.socket_failures=%d)", self._who(), self._inject_n)
-            link.abort()
+        if self._inject_n and not self._inject_rolled:
+            self._inject_roll()
 
-    def _send_control(self, mtype: int, body: Any = b"", cid: int = 0, verb: str = "") -> None:
-        """Send a session-protocol frame right away (not queued)."""
-        link = self._link
+    def _inject_roll(self) -> None:
+        # One roll per batch of sends in a loop iteration: a "link operation"
+        # is a write, not a message (Ceph's ms_inject_socket_failures).
+        self._inject_rolled = True
+        self._loop.call_soon(self._inject_reset)
+        if self._rng.random() * self._inject_n < 1.0 and self._link is not None:
+            log.info("inject: failing link to %s (inject.socket_failures=%d)", self._who(), self._inject_n)
+            self._ms._injected += 1
+            self._loop.call_soon(self._link.abort)
+
+    def _inject_reset(self) -> None:
+        self._inject_rolled = False
+
+    def _send_control(self, mtype: int, body: Any = b"", cid: int = 0, verb: str = "",
+                      link: Link | None = None) -> None:
+        """Send a session-protocol frame right away (not queued, not sequenced)."""
+        link = link or self._link
         if link is None or link.is_closing():
             return
-        header = self._ms._packer.pack((mtype, 0, self._in_seq, m.PACKED if body != b"" else 0, 0, cid, verb))
+        flags = m.PACKED if body != b"" else 0
+        header = self._ms._packer.pack((mtype, 0, self._in_seq, flags, 0, cid, verb))
+        if mtype not in (m.HELLO, m.HELLO_OK):
+            self._ack_sent = self._in_seq
         with contextlib.suppress(LinkClosed):
-            link.send((header, _packb(body) if body != b"" else body))
+            link.send((header, _packb(body) if flags else body))
 
     def _pump(self) -> None:
         self._recheck = None
@@ -321,7 +535,7 @@ class Connection:
             return
         queues = self._queues
         high = self._high
-        while not self._paused:
+        while not self._paused and not self._window_full:
             if queues[2]:
                 item = queues[2].popleft()
             elif queues[1]:
@@ -331,7 +545,9 @@ class Connection:
             else:
                 break
             self._queued_bytes -= item[7] + _OVERHEAD
-            self._transmit(*item)
+            if item[0] == m.REQ and item[3] not in self._pending:
+                continue  # timed out before it could be sent
+            self._transmit(item)
             if self._link is not link or self.state != OPEN:
                 break
             if link.write_buffer_size() >= high:
@@ -354,105 +570,195 @@ class Connection:
                 if not w.done():
                     w.set_result(None)
 
+    def _resume_writing(self) -> None:
+        self._paused = False
+        if self._queued_bytes and self._recheck is None:
+            self._pump()
+
     def _expire(self, cid: int, timeout: float) -> None:
         entry = self._pending.pop(cid, None)
         if entry is not None and not entry[0].done():
             entry[0].set_exception(RequestTimeout(entry[1], self._who(), timeout))
 
-    # -- LinkHandler ---------------------------------------------------------
+    # -- acknowledgements ------------------------------------------------------
 
-    def link_made(self, link: Link) -> None:
-        self._link = link
-        if self.outgoing:
-            self.state = HANDSHAKE
-            self._send_control(m.HELLO, self._ms._hello(self))
+    def _acked(self, ack: int) -> None:
+        """The peer has everything up to ``ack``: drop it from the window."""
+        unacked = self._unacked
+        freed = 0
+        while unacked and unacked[0][0] <= ack:
+            freed += unacked.popleft()[2][7] + _OVERHEAD
+        if freed:
+            self._unacked_bytes -= freed
+            if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
+                    and len(unacked) <= self._max_unacked_msgs:
+                self._window_full = False
+                if self._queued_bytes and self._recheck is None and self.state == OPEN:
+                    self._recheck = self._loop.call_soon(self._pump)
+            if not unacked and self._drain_waiters:
+                self._wake_senders()
+
+    def _send_ack_soon(self) -> None:
+        if self._ack_timer is None and self.state == OPEN:
+            self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        if self._in_seq > self._ack_sent and self.state == OPEN:
+            self._send_control(m.ACK)
+
+    # -- link events (through _Port) ----------------------------------------
+
+    def _link_made(self, port: _Port) -> None:
+        if port.outgoing:
+            self.state = HANDSHAKE if self.state != OPEN else self.state
+            self._ms._send_hello(self, port)
         else:
-            self.address = link.peer_address
+            self._port = port
+            self._link = port.link
+            self.address = port.link.peer_address if port.link else ""
             timeout = self._ms.config["limits"]["handshake_timeout"]
             self._timer = self._loop.call_later(timeout, self._handshake_timeout)
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._queued_bytes and self._recheck is None:
-            self._pump()
-
-    def link_lost(self, exc: BaseException | None) -> None:
-        if not self._link_gone.done():
-            self._link_gone.set_result(None)
+    def _link_lost(self, port: _Port, exc: BaseException | None) -> None:
+        if isinstance(exc, ProtocolError | FrameTooLarge):
+            log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
+            self._ms._count_error(type(exc).__name__)
+        if port is not self._port:
+            return  # an outgoing attempt's link; its task sees the failure
+        self._port = None
         self._link = None
+        self._paused = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         state = self.state
         if state == CLOSED:
             return
-        if isinstance(exc, ProtocolError | FrameTooLarge):
-            log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
-            self._ms._count_error(type(exc).__name__)
         reason = self.close_reason or (f"link lost: {exc}" if exc else "link closed")
-        if state in (CONNECTING, HANDSHAKE):
-            if not self._handshake_done.done():
-                self._handshake_done.set_exception(PeerUnreachable(self._who(), reason))
-            return
         if state == ACCEPTING:
             self.state = CLOSED
+            self._ms._forget(self)
             return
-        # OPEN: the lossy policies (the only ones in this release) reset.
-        self._reset(reason, notify=not self._stopping)
+        if not self._lossless or self._stopping:
+            self._reset(reason, notify=not self._stopping)
+            return
+        # lossless: keep the session, get a new link
+        self.close_reason = ""
+        self.state = STANDBY
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        log.debug("session with %s lost its link (%s); standby", self._who(), reason)
+        self._backoff = 0.0
+        self._kick()
 
-    def frame_received(self, frame: list[Buffer]) -> None:
+    def _frame(self, port: _Port, frame: list[Buffer]) -> None:
+        self._rx += 1
+        if self._delayed is not None or (self._delay_p and self._rng.random() < self._delay_p):
+            self._delay_frame(port, frame)
+            return
         try:
             head = frame[0]
             if _nbytes(head) > self._max_header:
                 raise ProtocolError(f"header of {_nbytes(head)} bytes over limits.max_header_bytes "
                                     f"= {self._max_header}")
-            mtype, seq, _ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
+            mtype, seq, ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
             if len(frame) < 2:
                 raise ProtocolError("message frame without a payload segment")
             body = frame[1]
             payload = _unpackb(body) if flags & m.PACKED else body
         except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
-            self._protocol_error(exc if isinstance(exc, ProtocolError) else
+            self._protocol_error(port, exc if isinstance(exc, ProtocolError) else
                                  ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
             return
-        if self.state != OPEN:
-            self._handshake_frame(mtype, payload)
+        if self.state != OPEN or port is not self._port:
+            self._handshake_frame(port, mtype, payload)
             return
-        self._in_seq = seq
-        self.msgs_in += 1
-        if mtype == m.MSG:
-            self.bytes_in += _nbytes(body)
-            self._dispatch_oneway(verb, payload, frame, priority)
-        elif mtype == m.REQ:
-            self.bytes_in += _nbytes(body)
-            self._dispatch_request(verb, payload, frame, priority, cid)
-        elif mtype == m.REP or mtype == m.ERR:
-            self._complete(mtype, cid, payload, frame)
-        elif mtype == m.GOODBYE:
-            self.close_reason = "peer said goodbye"
-            if self._link is not None:
-                self._link.close()
+        if self._inject_n and not self._inject_rolled:
+            self._inject_roll()
+        if ack and self._unacked:
+            self._acked(ack)
+        if seq:
+            if seq != self._in_seq + 1:
+                if seq <= self._in_seq:
+                    self.duplicates += 1
+                    return
+                self._protocol_error(port, ProtocolError(
+                    f"sequence gap: got {seq}, expected {self._in_seq + 1}"))
+                return
+            self._in_seq = seq
+            if self._lossless:
+                if seq - self._ack_sent >= self._ack_every:
+                    self._send_control(m.ACK)
+                elif self._ack_timer is None:
+                    self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
+            self.msgs_in += 1
+            if self._blackhole:
+                return
+            if mtype == m.MSG:
+                self.bytes_in += _nbytes(body)
+                self._dispatch_oneway(verb, payload, frame, priority)
+            elif mtype == m.REQ:
+                self.bytes_in += _nbytes(body)
+                self._dispatch_request(verb, payload, frame, priority, cid)
+            elif mtype == m.REP or mtype == m.ERR:
+                self._complete(mtype, cid, payload, frame)
+            else:
+                self._protocol_error(port, ProtocolError(f"unexpected sequenced message type {mtype}"))
+            return
+        if mtype == m.ACK:
+            return
+        if mtype == m.OOB:
+            self._dispatch_oob(payload)
         elif mtype == m.KEEPALIVE:
             self._send_control(m.KEEPALIVE_ACK)
-        elif mtype == m.KEEPALIVE_ACK or mtype == m.ACK:
+        elif mtype == m.KEEPALIVE_ACK:
             pass
+        elif mtype == m.GOODBYE:
+            self._goodbye()
+        elif mtype == m.HELLO:
+            # the peer dialled again while we thought this link was fine
+            self._handshake_frame(port, mtype, payload)
         else:
-            self._protocol_error(ProtocolError(f"unexpected message type {mtype} on an open session"))
+            self._protocol_error(port, ProtocolError(f"unexpected message type {mtype} on an open session"))
+
+    def _delay_frame(self, port: _Port, frame: list[Buffer]) -> None:
+        """[inject] delays: hold this frame (and, to keep order, every later
+        one) for a random time up to ``inject.delay_max``."""
+        if self._delayed is None:
+            self._delayed = collections.deque()
+            delay = self._rng.random() * self._ms.config["inject"]["delay_max"]
+            self._loop.call_later(delay, self._release_delayed)
+        self._delayed.append((port, frame))
+
+    def _release_delayed(self) -> None:
+        held, self._delayed = self._delayed, None
+        for port, frame in held or ():
+            if port.session is self:
+                saved, self._delay_p = self._delay_p, 0.0
+                try:
+                    self._frame(port, frame)
+                finally:
+                    self._delay_p = saved
 
     # -- receiving internals -------------------------------------------------
 
-    def _protocol_error(self, exc: ProtocolError) -> None:
+    def _protocol_error(self, port: _Port, exc: ProtocolError) -> None:
         if not exc.peer:
             exc.peer = self._who()
             exc.args = (f"{exc.args[0]} (peer {exc.peer})",)
         log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
         self._ms._count_error(type(exc).__name__)
-        self.close_reason = str(exc)
-        if self._link is not None:
-            self._link.abort()
+        if port is self._port and not self._lossless:
+            self.close_reason = str(exc)
+        if port.link is not None:
+            port.link.abort()
+
+    def _goodbye(self) -> None:
+        """The peer is stopping: its session is over, whatever the policy."""
+        self.close_reason = "peer said goodbye"
+        self._reset("peer said goodbye", notify=True)
 
     def _dispatch_oneway(self, verb: str, payload: Any, frame: list[Buffer], priority: int) -> None:
         handler = self._ms._oneway_handlers.get(verb)
@@ -556,104 +862,271 @@ class Connection:
         cls = UnknownVerb if etype == "UnknownVerb" else RemoteError
         fut.set_exception(cls(verb, self._who(), etype, text))
 
+    def _dispatch_oob(self, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            return
+        self.oob_in += 1
+        handlers = self._ms._oob_handlers
+        for op, value in payload.items():
+            fn = handlers.get(op)
+            try:
+                if fn is not None:
+                    fn(self, op, value)
+                else:
+                    self._ms._fire("msgr_dispatch_oob", conn=self, op=op, payload=value)
+            except Exception:
+                log.exception("OOB handler for %r raised (from %s)", op, self._who())
+
+    # -- OOB timer -----------------------------------------------------------
+
+    def _arm_oob(self) -> None:
+        if self._oob_timer is not None:
+            self._oob_timer.cancel()
+            self._oob_timer = None
+        if self._oob and self.state != CLOSED:
+            due = min(e.due for e in self._oob.values())
+            self._oob_timer = self._loop.call_at(due, self._oob_tick)
+
+    def _oob_tick(self) -> None:
+        self._oob_timer = None
+        now = self._loop.time()
+        payloads: dict[str, Any] = {}
+        for e in list(self._oob.values()):
+            if e.due <= now + 1e-9:
+                e.due = max(e.due + e.interval, math.ceil(now / e.interval) * e.interval)
+                if e.due <= now:
+                    e.due += e.interval
+                try:
+                    value = e.callback()
+                except Exception:
+                    log.exception("OOB callback for %r raised", e.op)
+                    continue
+                if value is not None:
+                    payloads[e.op] = value
+        if payloads:
+            self.send_oob_now(payloads)
+        self._arm_oob()
+
     # -- handshake -------------------------------------------------------
 
-    def _handshake_frame(self, mtype: int, payload: Any) -> None:
-        if self.state == ACCEPTING and mtype == m.HELLO:
-            self._ms._accept(self, payload)
-        elif self.state == HANDSHAKE and mtype == m.HELLO_OK:
-            self._ms._connected(self, payload)
-        elif self.state == HANDSHAKE and mtype == m.REFUSE:
+    def _handshake_frame(self, port: _Port, mtype: int, payload: Any) -> None:
+        if mtype == m.HELLO and not port.outgoing:
+            self._ms._accept(self, port, payload)
+        elif mtype == m.HELLO_OK and port.outgoing and port.done is not None and not port.done.done():
+            port.done.set_result(payload if isinstance(payload, dict) else {})
+        elif mtype == m.REFUSE and port.outgoing and port.done is not None and not port.done.done():
             reason = str(payload)[:1024]
-            self.close_reason = f"refused by peer: {reason}"
-            self._ms._refused(self, reason)
-            if not self._handshake_done.done():
-                self._handshake_done.set_exception(PeerUnreachable(self._who(), self.close_reason))
-            if self._link is not None:
-                self._link.abort()
+            port.done.set_exception(_Refused(reason))
+            port.done.exception()
+            port.orphan()
         else:
-            self._protocol_error(ProtocolError(f"message type {mtype} during handshake ({self.state})"))
+            self._protocol_error(port, ProtocolError(f"message type {mtype} during handshake ({self.state})"))
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if self.state in (ACCEPTING, HANDSHAKE) and self._link is not None:
-            self._protocol_error(ProtocolError("handshake timed out (limits.handshake_timeout)"))
+        port = self._port
+        if self.state == ACCEPTING and port is not None:
+            self._protocol_error(port, ProtocolError("handshake timed out (limits.handshake_timeout)"))
 
-    def _refuse(self, reason: str) -> None:
-        log.warning("refusing %s: %s", self.address or "peer", reason)
-        self._send_control(m.REFUSE, reason)
-        self.close_reason = reason
-        if self._link is not None:
-            self._link.close()
+    def _refuse(self, port: _Port, reason: str, *, quiet: bool = False) -> None:
+        (log.debug if quiet else log.warning)("refusing %s: %s", self.address or "peer", reason)
+        if port.link is not None:
+            self._send_control(m.REFUSE, reason, link=port.link)
+            port.link.close()
+        port.session = None
+        if port is self._port:
+            self._port = None
+            self._link = None
+            if self.state == ACCEPTING:
+                self.state = CLOSED
+                self._ms._forget(self)
 
-    def _open(self, hello: dict[str, Any]) -> None:
-        """The handshake succeeded: adopt the peer's identity and start sending."""
+    def _adopt(self, port: _Port, hello: dict[str, Any], peer_in_seq: int) -> None:
+        """Take ``port``'s link as this session's link and (re)open on it."""
+        old = self._port
+        if old is not None and old is not port:
+            old.orphan()
+        port.session = self
+        self._port = port
+        self._link = port.link
+        self._paused = False
+        self.links += 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.peer_name = hello["name"]
         self.peer_type = hello["type"]
         self.peer_incarnation = hello["incarnation"]
+        self.peer_sid = hello["sid"]
+        inject = self._ms.config["inject"]
+        self._blackhole = self.peer_type in inject["blackhole_types"]
+        self._delay_p = inject["delay_probability"] if inject["delay_type"] in ("*", self.peer_type) else 0.0
         addrs = tuple(hello.get("addrs", ()))
         if addrs:
             self.peer_addrs = addrs
+        was = self.state
         self.state = OPEN
-        if not self._handshake_done.done():
-            self._handshake_done.set_result(None)
+        self._backoff = 0.0
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if was in (STANDBY, OPEN) or self.links > 1:
+            self.reconnects += 1
+        self._replay(peer_in_seq)
+        if not self._opened.done():
+            self._opened.set_result(None)
+        self._notify_state()
         if self._queued_bytes:
             self._pump()
         self._wake_senders()
+        if self._oob:
+            self._arm_oob()
 
-    async def _establish(self, connect: Callable[[Connection], Awaitable[Link]]) -> None:
-        """Dial and handshake (outgoing sessions); runs as this session's one task."""
+    def _replay(self, peer_in_seq: int) -> None:
+        """Resume: the peer has everything up to ``peer_in_seq``; send the
+        rest of the window again, in order, before anything new."""
+        self._acked(peer_in_seq)
+        link = self._link
+        if not self._unacked or link is None:
+            return
+        for _seq, frame, _item in self._unacked:
+            try:
+                link.send(frame)
+            except LinkClosed:
+                break
+            self.retransmits += 1
+
+    # -- dialling ----------------------------------------------------------
+
+    def _kick(self) -> None:
+        """A lossless session without a link: dial if this side should."""
+        if self.state not in (STANDBY, CONNECTING) or self._attempt is not None or self._retry is not None:
+            return
+        if self._stopping or not self._ms.running:
+            return
+        pol = self.policy
+        if pol is not None and pol.server:
+            return  # the client comes back to us
+        if pol is not None and pol.standby and not (self._queued_bytes or self._unacked or self._pending):
+            return  # idle lossless peer: reconnect when there is something to send
+        address = self._ms._dial_address(self)
+        if not address:
+            return  # nowhere to dial: wait for the peer
+        delay = self._backoff
+        if delay:
+            self._retry = self._loop.call_later(delay, self._retry_now)
+        else:
+            self._attempt = self._ms._spawn(self._dial(address))
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._kick_now()
+
+    def _kick_now(self) -> None:
+        saved, self._backoff = self._backoff, 0.0
+        self._kick()
+        self._backoff = saved
+
+    def _next_backoff(self) -> None:
+        ses = self._ms.config["session"]
+        self._backoff = min(ses["reconnect_max"], max(ses["reconnect_min"], self._backoff * 2))
+
+    async def _dial(self, address: str) -> None:
+        """One dial + handshake attempt; on failure, the policy decides."""
+        port = _Port(self, outgoing=True)
+        port.done = self._loop.create_future()
         try:
-            await connect(self)
+            if self.state != OPEN:
+                self.state = CONNECTING if self.state != STANDBY else STANDBY
+            await self._ms._connect(address, port)
             timeout = self._ms.config["limits"]["handshake_timeout"]
-            await asyncio.wait_for(asyncio.shield(self._handshake_done), timeout)
+            hello = await asyncio.wait_for(asyncio.shield(port.done), timeout)
+            self._attempt = None
+            self._ms._connected(self, port, hello)
+            return
         except asyncio.CancelledError:
-            self._reset("messenger stopping", notify=False)
+            port.orphan()
+            self._attempt = None
             raise
-        except TimeoutError:
-            if self._link is not None:
-                self._link.abort()
-            self._reset("handshake timed out", notify=False, unreachable=True)
-        except PeerUnreachable as exc:
-            self._reset(exc.reason, notify=False, unreachable=True)
-        except (OSError, MessengerStopped) as exc:
-            self._reset(f"{type(exc).__name__}: {exc}", notify=False, unreachable=True)
+        except _Refused as exc:
+            failure: Exception = exc
+        except (TimeoutError, PeerUnreachable, OSError) as exc:
+            failure = exc
+        except Exception as exc:  # a transport bug must not kill the session silently
+            log.exception("connect to %s failed unexpectedly", address)
+            failure = exc
+        port.orphan()
+        self._attempt = None
+        self._dial_failed(address, failure)
+
+    def _dial_failed(self, address: str, exc: Exception) -> None:
+        if self.state in (OPEN, CLOSED):
+            return  # the peer's link won meanwhile, or we were closed
+        if isinstance(exc, _Refused):
+            if exc.reason.startswith(RACE):
+                # The peer's own link wins; wait for it, but try again later
+                # in case it never comes.
+                self.state = STANDBY
+                self._next_backoff()
+                self._kick()
+                return
+            self.close_reason = f"refused by peer: {exc.reason}"
+            self._ms._refused(self, exc.reason)
+            self._reset(self.close_reason, notify=False, unreachable=True)
+            return
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if not self._lossless or (self.policy is not None and self.policy.server):
+            self._reset(reason, notify=False, unreachable=True)
+            return
+        log.debug("dial %s failed (%s); retrying in %.1f s", address, reason, self._backoff)
+        if self.state == CONNECTING and not self.links:
+            self.state = CONNECTING
+        else:
+            self.state = STANDBY
+        self._next_backoff()
+        self._kick()
 
     # -- teardown ------------------------------------------------------------
 
+    def _undeliverable(self, items: Sequence[_Item], reason: str) -> None:
+        """Report messages that will never be delivered (never silently)."""
+        oneway = [it for it in items if it[0] == m.MSG]
+        self.dropped += len(oneway)
+        if oneway:
+            self._ms._report_undeliverable(self, [(it[4], it[5]) for it in oneway], reason)
+
     def _reset(self, reason: str, *, notify: bool, unreachable: bool = False) -> None:
-        """Close the session: fail what is pending, drop what is queued."""
+        """Close the session: fail what is pending, report what is undelivered."""
         if self.state == CLOSED:
             return
-        was_open = self.state == OPEN
+        was_open = self.state == OPEN or self.links > 0
         self.state = CLOSED
         self.close_reason = self.close_reason or reason
-        link, self._link = self._link, None
-        if link is not None and not link.is_closing():
-            link.abort()
-        if self._recheck is not None:
-            self._recheck.cancel()
-            self._recheck = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._handshake_done.done():
-            self._handshake_done.set_exception(PeerUnreachable(self._who(), reason))
-            self._handshake_done.exception()  # retrieved: nobody may be waiting
+        port, self._port = self._port, None
+        self._link = None
+        if port is not None:
+            port.orphan()
+        if self._attempt is not None:
+            self._attempt.cancel()
+            self._attempt = None
+        for t in (self._recheck, self._timer, self._retry, self._ack_timer, self._oob_timer):
+            if t is not None:
+                t.cancel()
+        self._recheck = self._timer = self._retry = self._ack_timer = self._oob_timer = None
+        if not self._opened.done():
+            self._opened.set_exception(PeerUnreachable(self._who(), reason))
+            self._opened.exception()  # retrieved: nobody may be waiting
         who = self._who()
         exc_factory: Callable[[], Exception] = (
             (lambda: PeerUnreachable(who, reason)) if unreachable else (lambda: ConnectionReset(who, reason)))
-        dropped = sum(len(q) for q in self._queues)
+        lost = [item for _seq, _frame, item in self._unacked]
         for q in self._queues:
-            for item in q:
-                if item[0] == m.REQ:
-                    dropped -= 1  # reported through its future below
+            lost.extend(q)
             q.clear()
+        self._unacked.clear()
+        self._unacked_bytes = 0
         self._queued_bytes = 0
-        self.dropped += dropped
+        self._undeliverable(lost, reason)
         pending, self._pending = self._pending, {}
         for fut, _verb, timer in pending.values():
             if timer is not None:
@@ -665,29 +1138,64 @@ class Connection:
                 w.set_result(None)
         self._space_waiters.clear()
         self._drain_waiters.clear()
-        if dropped:
-            log.info("session with %s reset (%s): %d queued message(s) dropped", who, reason, dropped)
+        self._notify_state()
+        if lost:
+            log.info("session with %s reset (%s): %d message(s) undelivered", who, reason, len(lost))
         self._ms._forget(self)
         if notify and was_open:
             self._ms._fire("msgr_handle_reset", conn=self, reason=reason)
 
     async def _close_gracefully(self, timeout: float) -> None:
-        """Flush, say goodbye, close; bounded by ``timeout``."""
-        if self.state in (CONNECTING, HANDSHAKE) and self._queued_bytes:
+        """Flush, wait for acks (lossless), say goodbye, close; bounded by ``timeout``."""
+        self._stopping = True
+        if self.state in (CONNECTING, HANDSHAKE, STANDBY) and (self._queued_bytes or self._unacked):
             # messages are waiting for this session: let it come up first
+            self._kick_now()
             with contextlib.suppress(TimeoutError, PeerUnreachable):
-                await asyncio.wait_for(asyncio.shield(self._handshake_done), timeout)
+                await asyncio.wait_for(asyncio.shield(self._wait_open()), timeout)
         if self.state == OPEN:
             with contextlib.suppress(TimeoutError, ConnectionReset):
-                await asyncio.wait_for(self.drain(), timeout)
-            if self.state == OPEN and self._link is not None:
-                self._stopping = True
+                await asyncio.wait_for(self.wait_acked() if self._lossless else self.drain(), timeout)
+            port = self._port
+            if self.state == OPEN and port is not None and port.link is not None:
                 self.close_reason = "messenger stopped"
                 self._send_control(m.GOODBYE)
-                self._link.close()
+                port.gone = self._loop.create_future()
+                port.session = None  # what follows is ours to report, not a fault
+                port.link.close()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._link_gone), timeout)
+                    await asyncio.wait_for(port.gone, timeout)
         self._reset("messenger stopped", notify=False)
+
+    async def _wait_open(self) -> None:
+        while self.state not in (OPEN, CLOSED):
+            fut = self._loop.create_future()
+            self._state_waiters.append(fut)
+            await fut
+
+    def _notify_state(self) -> None:
+        waiters, self._state_waiters = self._state_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _discard(self) -> None:
+        """An accepting placeholder whose link went to another session."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._port = None
+        self._link = None
+        self.state = CLOSED
+
+
+RACE = "race:"
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 def random_seeded(seed: int) -> random.Random:

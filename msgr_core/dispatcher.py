@@ -46,6 +46,9 @@ class Dispatcher:
     def handle_refused(self, conn: Connection, reason: str) -> None:
         """The peer refused our handshake."""
 
+    def handle_undeliverable(self, conn: Connection, messages: list[tuple[str, Any]], reason: str) -> None:
+        """Oneway ``(verb, payload)`` messages that will never be delivered."""
+
 
 class DispatcherPlugin:
     """Adapts a :class:`Dispatcher` to the pluggy hooks (internal)."""
@@ -56,9 +59,10 @@ class DispatcherPlugin:
         # Register only what the subclass overrides, so unimplemented events
         # stay free (the messenger skips hooks nobody implements).
         for name in ("dispatch", "dispatch_oob", "handle_connect", "handle_accept", "handle_reset",
-                     "handle_remote_reset", "handle_refused"):
+                     "handle_remote_reset", "handle_refused", "handle_undeliverable"):
             if getattr(cls, name) is getattr(Dispatcher, name):
-                setattr(self, f"msgr_{name}", None)
+                hook = "msgr_undeliverable" if name == "handle_undeliverable" else f"msgr_{name}"
+                setattr(self, hook, None)
 
     @hookimpl
     def msgr_dispatch(self, conn: Connection, message: Message) -> bool | None:
@@ -87,3 +91,7 @@ class DispatcherPlugin:
     @hookimpl
     def msgr_handle_refused(self, conn: Connection, reason: str) -> None:
         self.d.handle_refused(conn, reason)
+
+    @hookimpl
+    def msgr_undeliverable(self, conn: Connection, messages: list[tuple[str, Any]], reason: str) -> None:
+        self.d.handle_undeliverable(conn, messages, reason)

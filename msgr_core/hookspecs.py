@@ -137,7 +137,18 @@ def msgr_dispatch(conn: Connection, message: Message) -> bool | None:
 
 @hookspec
 def msgr_dispatch_oob(conn: Connection, op: str, payload: Any) -> None:
-    """An out-of-band payload ``op`` arrived on ``conn``."""
+    """An out-of-band payload ``op`` arrived on ``conn`` and no handler was
+    registered for it with ``Messenger.register_oob_handler``."""
+
+
+@hookspec
+def msgr_undeliverable(conn: Connection, messages: list[tuple[str, Any]], reason: str) -> None:
+    """Oneway messages that will never be delivered: the session was reset
+    (lossy link fault, ``mark_down``, the peer left the view or restarted)
+    while they were queued or unacknowledged.  ``messages`` holds
+    ``(verb, payload)`` pairs in send order.  (Requests are reported through
+    their own ``ConnectionReset``.)  Without an implementation, the messenger
+    logs a warning with the count."""
 
 
 # -- cluster ------------------------------------------------------------------

@@ -27,16 +27,17 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import msgpack
 
 from . import message as m
 from .config import Config, load_config
-from .connection import Connection, random_seeded
+from .connection import OPEN, RACE, Connection, _Port, random_seeded
 from .dispatcher import Dispatcher, DispatcherPlugin
-from .errors import MessengerStopped, PeerUnreachable, ProtocolError
+from .errors import FrameTooLarge, MessengerError, MessengerStopped, MsgrError, PeerUnreachable, ProtocolError
 from .message import Message, Priority
 from .policy import get_policy
 from .registry import EXTENSION_GROUP, TRANSPORT_GROUP, PluginSet, TransportRegistry
@@ -56,7 +57,13 @@ _EVENT_HOOKS = (
     "msgr_handle_refused",
     "msgr_dispatch",
     "msgr_dispatch_oob",
+    "msgr_undeliverable",
 )
+
+# The client-side counterpart of each policy, for sessions we dial.
+_CLIENT_SIDE = {"stateless_server": "lossy_client", "stateful_server": "lossless_client"}
+# The accepting-side policy for each mode a peer may ask for.
+_SERVER_SIDE = {"lossy": "stateless_server", "lossless": "stateful_server", "peer": "lossless_peer"}
 
 
 class Messenger:
@@ -104,6 +111,14 @@ class Messenger:
         self._closed_stats = {"msgs_out": 0, "bytes_out": 0, "msgs_in": 0, "bytes_in": 0, "dropped": 0,
                               "handler_errors": 0, "unhandled": 0}
         self._resets = 0
+        self._injected = 0
+        self._undelivered = 0
+        self._view: frozenset[str] | None = None
+        self._known_types: dict[str, str] = {}
+        self._oob_handlers: dict[str, Callable[[Connection, str, Any], None]] = {}
+        self._oob_everywhere: dict[str, tuple[Callable[[Connection], Any], float]] = {}
+        self._accepting = False
+        self._keepalive: asyncio.TimerHandle | None = None
         self.inject_rng = random_seeded(config["inject"]["seed"])
         self._refresh_hooks()
         # Built-in verbs every node answers (``msgr ping``, ``msgr status``).
@@ -151,6 +166,9 @@ class Messenger:
         self._loop = asyncio.get_running_loop()
         self.incarnation = time.time_ns()
         self._running = True
+        self._accepting = True
+        self._keepalive = self._loop.call_later(self.config["session"]["keepalive_interval"],
+                                                self._keepalive_tick)
         try:
             for addr in self.config["messenger"]["listen"]:
                 scheme = split_address(addr)[0]
@@ -175,13 +193,19 @@ class Messenger:
             log.warning("extensions did not finish stopping within %g s", timeout)
         except Exception:
             log.exception("an extension failed while stopping")
-        self._running = False
+        self._accepting = False
         for lst in self._listeners:
             await lst.aclose()
         self._listeners.clear()
         conns = self.connections
         if conns:
             await asyncio.gather(*(c._close_gracefully(timeout) for c in conns), return_exceptions=True)
+        self._running = False
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        for conn in list(self._accepted):
+            conn._reset("messenger stopped", notify=False)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -218,41 +242,108 @@ class Messenger:
         self.plugins.register(DispatcherPlugin(dispatcher), name=f"dispatcher-{id(dispatcher):x}")
         self._refresh_hooks()
 
+    def register_oob_handler(self, op: str, fn: Callable[[Connection, str, Any], None]) -> None:
+        """Handle OOB payloads ``op`` with ``fn(conn, op, payload)`` (a table
+        lookup, no hook call); ops without a handler go to ``msgr_dispatch_oob``."""
+        self._oob_handlers[op] = fn
+
+    def register_oob_message(self, op: str, callback: Callable[[Connection], Any], interval: float) -> None:
+        """Send ``callback(conn)`` as OOB payload ``op`` every ``interval`` on
+        every session, present and future (see
+        :meth:`Connection.register_oob_message`)."""
+        self._oob_everywhere[op] = (callback, interval)
+        for conn in self.connections:
+            if conn.is_open:
+                conn.register_oob_message(op, partial(callback, conn), interval)
+
+    # -- membership (Geode) ----------------------------------------------------
+
+    @property
+    def view(self) -> frozenset[str] | None:
+        """The installed view (entity names), or ``None`` if none was installed."""
+        return self._view
+
+    def install_view(self, members: Iterable[str]) -> None:
+        """Install a new membership view (entity names).
+
+        Sessions with peers that were members and are no longer are closed:
+        their queued and unacknowledged messages are reported undeliverable
+        (``msgr_undeliverable`` / ``Dispatcher.handle_undeliverable``) and
+        their pending requests fail with ``ConnectionReset``.  Lossless
+        sessions stop retrying such peers.  ``msgr_view_changed`` fires.
+        """
+        new = frozenset(members)
+        old = self._view or frozenset()
+        self._view = new
+        for name in old - new:
+            conn = self._by_name.get(name)
+            if conn is not None and not conn.is_closed:
+                conn._reset(f"{name} left the view", notify=True)
+        self.plugins.hook.msgr_view_changed(messenger=self, members=new)
+
+    def send(self, verb: str, payload: Any, recipients: Iterable[str], *,
+             attachments: Sequence[Buffer] = (), priority: int = Priority.NORMAL) -> set[str]:
+        """Send one oneway message to several peers (names or addresses).
+
+        :returns: the recipients it could not be queued for: not in the
+            installed view, no known address, session closed, or queue full
+            (``Backpressure``).  One slow peer never holds up the others.
+        """
+        failed: set[str] = set()
+        view = self._view
+        for peer in recipients:
+            if view is not None and "://" not in peer and peer not in view:
+                failed.add(peer)
+                continue
+            try:
+                self.get_connection(peer).send_nowait(verb, payload, attachments=attachments, priority=priority)
+            except (MessengerError, FrameTooLarge):
+                failed.add(peer)
+        return failed
+
     # -- sending -------------------------------------------------------------
 
-    def get_connection(self, peer: str) -> Connection:
+    def get_connection(self, peer: str, *, policy: str | None = None) -> Connection:
         """The session with ``peer``, an address (``tcp://host:port``) or an
         entity name whose addresses are known; created (and dialled in the
         background) if none is open.  Messages sent meanwhile are queued.
 
+        :param policy: the policy for a new session (default: ``[policy]``
+            for the peer's type when known, else ``policy.default``; a server
+            policy is used as its client counterpart).
         :raises PeerUnreachable: ``peer`` is a name with no known address,
-            or no address it offers has a usable transport.
+            outside the installed view, or no address it offers has a usable
+            transport.
         :raises MessengerStopped: the messenger is not running.
         """
         if not self._running:
             raise MessengerStopped(f"messenger {self.name} is not running")
-        conn = self._by_name.get(peer) if "://" not in peer else self._by_addr.get(peer)
+        by_address = "://" in peer
+        conn = self._by_addr.get(peer) if by_address else self._by_name.get(peer)
         if conn is not None and not conn.is_closed:
             return conn
-        if "://" in peer:
+        if by_address:
             address = peer
             for c in self._by_name.values():
                 if peer in c.peer_addrs and not c.is_closed:
                     return c
+            peer_type = ""
         else:
+            if self._view is not None and peer not in self._view:
+                raise PeerUnreachable(peer, "not in the installed view")
             addrs = self._known_addrs.get(peer)
             if not addrs:
                 raise PeerUnreachable(peer, "no session and no known address for this name")
             address = self._choose_address(peer, addrs)
-        scheme = split_address(address)[0]
-        conn = Connection(self, outgoing=True, address=address, policy=get_policy(self.config.policy_for("")))
+            peer_type = self._known_types.get(peer, "")
+        pol = get_policy(_CLIENT_SIDE.get(p := policy or self.config.policy_for(peer_type), p))
+        split_address(address)  # raises UnsupportedAddress early
+        self._transport(split_address(address)[0])  # raises PluginNotInstalled early
+        conn = Connection(self, outgoing=True, address=address, policy=pol)
         self._by_addr[address] = conn
-        transport = self._transport(scheme)
-
-        async def connect(c: Connection) -> Link:
-            return await transport.connect(address, c)
-
-        self._spawn(conn._establish(connect))
+        if not by_address:
+            conn.peer_name = peer
+        conn._attempt = self._spawn(conn._dial(address))
         return conn
 
     def _choose_address(self, peer: str, addrs: Sequence[str]) -> str:
@@ -264,9 +355,23 @@ class Messenger:
             try:
                 self.transports.get(split_address(a)[0])
                 return a
-            except Exception:
+            except MsgrError:
                 continue
         raise PeerUnreachable(peer, f"no usable transport for its addresses {', '.join(addrs)}")
+
+    def _dial_address(self, conn: Connection) -> str:
+        """Where a session without a link should dial ("" = nowhere)."""
+        if conn.outgoing and conn.address:
+            return conn.address
+        if conn.peer_addrs:
+            try:
+                return self._choose_address(conn._who(), conn.peer_addrs)
+            except PeerUnreachable:
+                return ""
+        return ""
+
+    async def _connect(self, address: str, port: Any) -> Link:
+        return await self._transport(split_address(address)[0]).connect(address, port)
 
     async def send_message(self, verb: str, peer: str, payload: Any = b"", *, timeout: float | None = None,
                            attachments: Sequence[Buffer] = (), priority: int = Priority.NORMAL) -> Any:
@@ -296,7 +401,7 @@ class Messenger:
     def connections(self) -> list[Connection]:
         """Every session not yet closed (outgoing, then accepted)."""
         seen: dict[int, Connection] = {}
-        for c in [*self._by_addr.values(), *self._by_name.values(), *self._accepted]:
+        for c in [*self._by_addr.values(), *self._by_name.values()]:
             if not c.is_closed:
                 seen[id(c)] = c
         return list(seen.values())
@@ -304,7 +409,8 @@ class Messenger:
     @property
     def stats(self) -> dict[str, Any]:
         """Messenger-wide counters: totals over every session (closed ones
-        included), open sessions, queue depths, resets and errors by type."""
+        included), open sessions, queue depths, resets, fault injections and
+        errors by type."""
         totals = dict(self._closed_stats)
         queued = 0
         conns = self.connections
@@ -318,6 +424,8 @@ class Messenger:
             "sessions": len(conns),
             "queued_bytes": queued,
             "resets": self._resets,
+            "injected_failures": self._injected,
+            "undeliverable": self._undelivered,
             "errors": dict(self._errors),
         }
 
@@ -327,6 +435,7 @@ class Messenger:
             "type": self.type,
             "incarnation": self.incarnation,
             "addresses": self.addresses,
+            "view": sorted(self._view) if self._view is not None else None,
             "stats": self.stats,
             "sessions": [c.stats for c in self.connections],
         }
@@ -351,10 +460,10 @@ class Messenger:
             t = self._transport_objs[scheme] = cls(scheme, opts)
         return t
 
-    def _new_incoming(self) -> Connection:
+    def _new_incoming(self) -> _Port:
         conn = Connection(self, outgoing=False)
         self._accepted.add(conn)
-        return conn
+        return _Port(conn, outgoing=False)
 
     # -- internals: handshake -----------------------------------------------------
 
@@ -369,7 +478,14 @@ class Messenger:
             "policy": policy.name,
             "mode": policy.mode,
             "addrs": self.addresses,
+            "sid": conn.sid,
+            "peer_sid": conn.peer_sid,
+            "peer_inc": conn.peer_incarnation,
+            "in_seq": conn._in_seq,
         }
+
+    def _send_hello(self, conn: Connection, port: _Port) -> None:
+        conn._send_control(m.HELLO, self._hello(conn), link=port.link)
 
     @staticmethod
     def _check_hello(hello: Any) -> str:
@@ -377,53 +493,122 @@ class Messenger:
         if not isinstance(hello, dict):
             return "handshake payload is not a map"
         for key, typ in (("v", int), ("name", str), ("type", str), ("incarnation", int), ("mode", str),
-                         ("policy", str), ("addrs", list)):
+                         ("policy", str), ("addrs", list), ("sid", int), ("peer_sid", int), ("in_seq", int)):
             if not isinstance(hello.get(key), typ):
                 return f"handshake field {key!r} missing or not {typ.__name__}"
         if not hello["name"] or len(hello["name"]) > 256:
             return "handshake field 'name' empty or over 256 characters"
+        if hello["in_seq"] < 0:
+            return "handshake field 'in_seq' negative"
         return ""
 
-    def _accept(self, conn: Connection, hello: Any) -> None:
+    def _accept(self, tmp: Connection, port: _Port, hello: Any) -> None:
+        """A HELLO arrived on an incoming link: refuse, start a session, or
+        resume the one we have with that peer."""
         problem = self._check_hello(hello)
         if problem:
-            conn._protocol_error(ProtocolError(problem, peer=conn.address))
+            tmp._protocol_error(port, ProtocolError(problem, peer=tmp.address))
             return
         if hello["v"] != m.PROTOCOL_VERSION:
-            conn._refuse(f"protocol version {hello['v']} not supported (this peer speaks {m.PROTOCOL_VERSION})")
+            tmp._refuse(port, f"protocol version {hello['v']} not supported (this peer speaks {m.PROTOCOL_VERSION})")
             return
-        if not self._running:
-            conn._refuse("messenger stopping")
+        if not self._accepting:
+            tmp._refuse(port, "messenger stopping")
             return
-        policy = get_policy(self.config.policy_for(hello["type"]))
+        name = hello["name"]
+        explicit = self.config.explicit_policy(hello["type"])
+        policy = get_policy(explicit or self.config.policy_for(hello["type"]))
+        if policy.mode != hello["mode"] and not explicit and hello["mode"] in _SERVER_SIDE:
+            # Only the default applies to this peer type: serve the peer in
+            # the mode it asked for.  A policy configured for the type is kept.
+            policy = get_policy(_SERVER_SIDE[hello["mode"]])
         if policy.mode != hello["mode"]:
-            conn._refuse(f"policy mismatch: {self.name} uses {policy.name} for peers of type "
-                         f"{hello['type']!r}, {hello['name']} asked for {hello['policy']}")
+            tmp._refuse(port, f"policy mismatch: {self.name} uses {policy.name} for peers of type "
+                        f"{hello['type']!r}, {name} asked for {hello['policy']}")
             return
-        conn.policy = policy
-        self._accepted.discard(conn)
-        old = self._by_name.get(hello["name"])
-        conn._open(hello)
-        conn._send_control(m.HELLO_OK, self._hello(conn))
-        self._learn(conn)
-        if old is not None and old is not conn and not old.outgoing and not old.is_closed:
-            # lossy: the peer reconnected, so its old session is gone
-            old._reset("replaced by a new session from the same peer", notify=True)
-        if old is not None and old.peer_incarnation and old.peer_incarnation != conn.peer_incarnation:
-            self._fire("msgr_handle_remote_reset", conn=conn)
-        self._fire("msgr_handle_accept", conn=conn)
+        self._accepted.discard(tmp)
+        session = self._by_name.get(name)
+        if session is not None and (session.is_closed or session._lossless != (not policy.lossy)):
+            session = None
+        remote_reset = False
+        if policy.lossy:
+            if session is not None and not session.outgoing:
+                # the peer dialled again: its old lossy session is gone
+                session._reset("replaced by a new session from the same peer", notify=True)
+            remote_reset = bool(session and session.peer_incarnation != hello["incarnation"])
+            session = None
+        elif session is not None:
+            ours = session._attempt is not None or (
+                session.state == OPEN and session._port is not None and session._port.outgoing)
+            if ours and policy.mode == "peer" and self.name < name:
+                # connection race: the link dialled by the smaller name wins
+                tmp._refuse(port, f"{RACE} {self.name} keeps the link it dialled", quiet=True)
+                tmp._discard()
+                return
+            if session._attempt is not None:
+                session._attempt.cancel()
+                session._attempt = None
+            if session.peer_incarnation and hello["incarnation"] != session.peer_incarnation:
+                session._reset(f"{name} restarted", notify=False)
+                session, remote_reset = None, True
+            elif session.peer_sid and hello["sid"] != session.peer_sid:
+                session._reset(f"{name} started a new session", notify=True)
+                session = None
+        first = session is None
+        if session is None:
+            session = tmp
+            session._set_policy(policy)
+        else:
+            tmp._discard()
+        peer_in_seq = hello["in_seq"] if hello["peer_sid"] == session.sid else 0
+        ok = self._hello(session)
+        ok["peer_sid"] = hello["sid"]
+        ok["peer_inc"] = hello["incarnation"]
+        session._send_control(m.HELLO_OK, ok, link=port.link)
+        session._adopt(port, hello, peer_in_seq)
+        self._learn(session)
+        if remote_reset:
+            self._fire("msgr_handle_remote_reset", conn=session)
+        if first:
+            self._attach_oob(session)
+            self._fire("msgr_handle_accept", conn=session)
 
-    def _connected(self, conn: Connection, hello: Any) -> None:
+    def _connected(self, conn: Connection, port: _Port, hello: Any) -> None:
+        """Our HELLO was answered with HELLO_OK on ``port``."""
         problem = self._check_hello(hello)
         if problem:
-            conn._protocol_error(ProtocolError(problem, peer=conn.address))
+            conn._protocol_error(port, ProtocolError(problem, peer=conn.address))
+            port.orphan()
+            conn._dial_failed(conn.address, PeerUnreachable(conn._who(), problem))
             return
-        old = self._by_name.get(hello["name"])
-        conn._open(hello)
-        self._learn(conn)
-        if old is not None and old is not conn and old.peer_incarnation != conn.peer_incarnation:
-            self._fire("msgr_handle_remote_reset", conn=conn)
-        self._fire("msgr_handle_connect", conn=conn)
+        if conn.is_closed:
+            port.orphan()
+            return
+        session = conn
+        remote_reset = False
+        if conn.peer_incarnation and hello["incarnation"] != conn.peer_incarnation:
+            session = self._successor(conn)
+            conn._reset(f"{hello['name']} restarted", notify=False)
+            remote_reset = True
+        elif conn.peer_sid and hello["sid"] != conn.peer_sid:
+            session = self._successor(conn)
+            conn._reset(f"{hello['name']} started a new session", notify=True)
+        first = session.links == 0
+        peer_in_seq = hello["in_seq"] if hello["peer_sid"] == session.sid else 0
+        session._adopt(port, hello, peer_in_seq)
+        self._learn(session)
+        if remote_reset:
+            self._fire("msgr_handle_remote_reset", conn=session)
+        if first:
+            self._attach_oob(session)
+            self._fire("msgr_handle_connect", conn=session)
+
+    def _successor(self, old: Connection) -> Connection:
+        """A fresh session replacing ``old`` (the peer restarted or reset)."""
+        new = Connection(self, outgoing=True, address=old.address, policy=old.policy)
+        if old.address:
+            self._by_addr[old.address] = new
+        return new
 
     def _refused(self, conn: Connection, reason: str) -> None:
         log.warning("%s refused our connection: %s", conn.address, reason)
@@ -432,9 +617,16 @@ class Messenger:
     def _learn(self, conn: Connection) -> None:
         if (conn.peer_addrs and conn.peer_addrs != (conn.address,)) or conn.outgoing:
             self._known_addrs[conn.peer_name] = conn.peer_addrs
+        self._known_types[conn.peer_name] = conn.peer_type
         current = self._by_name.get(conn.peer_name)
-        if current is None or current.is_closed or conn.outgoing or not current.outgoing:
+        if conn._lossless or current is None or current.is_closed or conn.outgoing or not current.outgoing:
             self._by_name[conn.peer_name] = conn
+        if conn.outgoing and conn.address:
+            self._by_addr[conn.address] = conn
+
+    def _attach_oob(self, conn: Connection) -> None:
+        for op, (callback, interval) in self._oob_everywhere.items():
+            conn.register_oob_message(op, partial(callback, conn), interval)
 
     def _forget(self, conn: Connection) -> None:
         if self._by_addr.get(conn.address) is conn:
@@ -442,7 +634,7 @@ class Messenger:
         if conn.peer_name and self._by_name.get(conn.peer_name) is conn:
             del self._by_name[conn.peer_name]
         self._accepted.discard(conn)
-        if conn.state == "closed" and conn.peer_name:
+        if conn.peer_name:
             self._resets += 1
         s = conn.stats
         for k in self._closed_stats:
@@ -450,6 +642,39 @@ class Messenger:
         # further use of the closed object must not count twice
         conn.msgs_out = conn.bytes_out = conn.msgs_in = conn.bytes_in = 0
         conn.dropped = conn.handler_errors = conn.unhandled = 0
+
+    def _report_undeliverable(self, conn: Connection, messages: list[tuple[str, Any]], reason: str) -> None:
+        self._undelivered += len(messages)
+        if self._has.get("msgr_undeliverable"):
+            self._fire("msgr_undeliverable", conn=conn, messages=messages, reason=reason)
+        else:
+            log.warning("%d message(s) to %s undeliverable: %s", len(messages), conn._who(), reason)
+
+    # -- internals: liveness --------------------------------------------------------
+
+    def _keepalive_tick(self) -> None:
+        """Every ``session.keepalive_interval``: ping idle links, and abort a
+        link that has been silent for ``session.keepalive_timeout``."""
+        ses = self.config["session"]
+        interval, timeout = ses["keepalive_interval"], ses["keepalive_timeout"]
+        for conn in self.connections:
+            if conn.state != "open" or conn._port is None:
+                continue
+            if conn._rx != conn._rx_mark:
+                conn._rx_mark = conn._rx
+                conn._idle_ticks = 0
+                continue
+            conn._idle_ticks += 1
+            if conn._idle_ticks * interval >= timeout:
+                log.warning("no traffic from %s for %g s (session.keepalive_timeout): dropping the link",
+                            conn._who(), timeout)
+                self._count_error("KeepaliveTimeout")
+                if conn._port.link is not None:
+                    conn._port.link.abort()
+            else:
+                conn._send_control(m.KEEPALIVE)
+        if self._running:
+            self._keepalive = self.loop.call_later(interval, self._keepalive_tick)
 
     # -- internals: hooks and tasks -------------------------------------------------
 
@@ -466,9 +691,6 @@ class Messenger:
             getattr(self.plugins.hook, hook_name)(**kwargs)
         except Exception:
             log.exception("%s hook raised", hook_name)
-
-    def fire_oob(self, conn: Connection, op: str, payload: Any) -> None:
-        self._fire("msgr_dispatch_oob", conn=conn, op=op, payload=payload)
 
     async def _call_lifecycle(self, hook_name: str, *, reverse: bool = False) -> None:
         results = getattr(self.plugins.hook, hook_name)(messenger=self)

@@ -57,8 +57,6 @@ POLICIES: dict[str, Policy] = {
     )
 }
 
-#: Policies whose sessions this release implements end to end.
-IMPLEMENTED = frozenset({"lossy_client", "stateless_server"})
 
 
 def get_policy(name: str) -> Policy:

@@ -14,7 +14,7 @@ from msgr_core.errors import ConfigError, PluginNotInstalled
 def test_defaults_fill_in() -> None:
     cfg = Config({"messenger": {"name": "a"}})
     assert cfg["limits"]["max_frame_bytes"] == 64 * 1024 * 1024
-    assert cfg.policy_for("anything") == "lossy_client"
+    assert cfg.policy_for("anything") == "lossless_peer"
     assert cfg["inject"]["socket_failures"] == 0
 
 
@@ -58,9 +58,15 @@ def test_unknown_section_is_rejected_with_a_hint() -> None:
     assert ei.value.key == "limitz"
 
 
-def test_lossless_policies_are_refused_until_implemented() -> None:
-    with pytest.raises(ConfigError, match="in this release"):
-        Config({"policy": {"default": "lossless_peer"}})
+def test_policy_per_peer_type_and_session_limits_checked() -> None:
+    cfg = Config({"policy": {"client": "stateless_server", "default": "lossless_peer"}})
+    assert cfg.policy_for("client") == "stateless_server" and cfg.policy_for("osd") == "lossless_peer"
+    with pytest.raises(ConfigError, match="session.reconnect_max"):
+        Config({"session": {"reconnect_min": 2.0, "reconnect_max": 1.0}})
+    with pytest.raises(ConfigError, match="session.ack_every"):
+        Config({"session": {"ack_every": 0}})
+    with pytest.raises(ConfigError, match="inject.delay_probability"):
+        Config({"inject": {"delay_probability": 1.5}})
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -92,8 +92,8 @@ async def test_request_timeout(make_messenger: MakeMessenger) -> None:
     assert ei.value.timeout == 2.5 and ei.value.verb == "hang"
 
 
-async def test_unreachable_peer(make_messenger: MakeMessenger, scheme: str) -> None:
-    a = await make_messenger("a")
+async def test_unreachable_peer_lossy(make_messenger: MakeMessenger, scheme: str) -> None:
+    a = await make_messenger("a", policy={"default": "lossy_client"})
     b = await make_messenger("b")
     dead = b.addresses[0]
     await b.stop()
@@ -101,6 +101,24 @@ async def test_unreachable_peer(make_messenger: MakeMessenger, scheme: str) -> N
         await a.send_message("msgr.ping", dead, b"", timeout=5)
     with pytest.raises(PeerUnreachable, match="no known address"):
         a.get_connection("never-heard-of")
+
+
+@pytest.mark.looptime
+async def test_lossless_session_keeps_dialling_until_the_peer_comes(make_messenger: MakeMessenger, scheme: str) -> None:
+    a = await make_messenger("a")  # default policy: lossless_peer
+    b = await make_messenger("b")
+    address = b.addresses[0]
+    await b.stop()
+    conn = a.get_connection(address)
+    conn.send_nowait("x", b"kept")
+    with pytest.raises(RequestTimeout):
+        await conn.request("msgr.ping", b"", timeout=3)
+    assert not conn.is_closed
+    # the peer comes back at the same address: the queued message is delivered
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    b2 = await make_messenger("b", messenger={"listen": [address]})
+    b2.register_handler_oneway("x", lambda msg: got.set_result(bytes(msg.payload)))
+    assert await asyncio.wait_for(got, 60) == b"kept"
 
 
 async def test_peer_by_name_after_handshake(make_messenger: MakeMessenger) -> None:
@@ -138,8 +156,8 @@ class Recorder(Dispatcher):
 
 
 async def test_lossy_reset_notifies_both_ends_and_fails_pending(make_messenger: MakeMessenger) -> None:
-    a = await make_messenger("a")
-    b = await make_messenger("b")
+    a = await make_messenger("a", policy={"default": "lossy_client"})
+    b = await make_messenger("b", policy={"default": "stateless_server"})
     ra, rb = Recorder(), Recorder()
     a.add_dispatcher(ra)
     b.add_dispatcher(rb)
