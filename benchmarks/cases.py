@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from . import impl_grpc, impl_memcpy, impl_msgr, impl_raw, impl_zmq, scale
@@ -49,7 +49,7 @@ def _policies() -> list[str]:
 
 
 def _msgr_tcp_jobs(name: str, loop: str, sender: Callable[..., None], receiver: Callable[..., None],
-                   metrics: Callable[..., list[tuple[str, str, float, bool]]], params: dict[str, object],
+                   metrics: Callable[..., list[tuple[str, str, float, bool]]], params: Mapping[str, object],
                    measured_by: str = "receiver") -> list[Job]:
     if not _msgr_impls("tcp"):
         return []

@@ -18,6 +18,7 @@ from .harness import (
     Settings,
     machine_info,
     now_iso,
+    run_interleaved,
     run_job,
     source_revision,
     versions,
@@ -28,7 +29,7 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 # Metrics worth a line in the live progress output (the JSON has them all).
 _SHOWN = {"msgs_per_s", "throughput", "p50", "p99", "req_per_s", "idle_session_bytes", "idle_session_rss",
-          "rx_cpu_per_msg", "tx_cpu_per_msg", "server_cpu_per_req", "client_cpu_per_req",
+          "rx_cpu_per_msg", "tx_cpu_per_msg", "server_cpu_per_req", "client_cpu_per_req", "session_setup_per_s",
           "receiver_cpu", "sender_cpu", "client_cpu", "receiver_wait", "sender_wait", "client_wait"}
 
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--py-spy", metavar="DIR", default=None, dest="py_spy",
                    help="sample every worker with py-spy during the rounds; write DIR/<job>.raw "
                         "and DIR/<job>.summary.txt (pip install py-spy)")
+    p.add_argument("--sequential", action="store_true",
+                   help="run each job's rounds back to back instead of interleaving the rounds of a case's "
+                        "jobs (always so with --py-spy/--profile)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     return p
 
@@ -79,6 +83,13 @@ def select_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def _by_case(jobs: list[Job]) -> list[tuple[str, list[Job]]]:
+    grouped: dict[str, list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault(job.case, []).append(job)
+    return list(grouped.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list:
@@ -96,26 +107,43 @@ def main(argv: list[str] | None = None) -> int:
         print("note: msgr-tcp is not installed, msgr-tcp rows are skipped "
               "(pip install -e plugins/msgr-tcp)", file=sys.stderr)
     machine = machine_info()
+    date = now_iso()
     started = time.perf_counter()
     print(f"msgr benchmarks: {len(jobs)} jobs, {settings.reps} runs of {settings.seconds:g} s each "
           f"after {settings.warmups} warm-up run(s)", flush=True)
     records: list[Record] = []
     failures: list[dict[str, str]] = []
-    for i, job in enumerate(jobs, 1):
-        t0 = time.perf_counter()
-        try:
-            got = run_job(job, settings)
-        except BenchError as exc:
-            print(f"[{i}/{len(jobs)}] {job.label}: FAILED\n{exc}", file=sys.stderr, flush=True)
-            failures.append({"case": job.case, "impl": job.impl, "loop": job.loop, "error": str(exc)})
-            continue
+    count = 0
+
+    def done(job: Job, got: list[Record] | None, error: BenchError | None, seconds: float) -> None:
+        nonlocal count
+        count += 1
+        if error is not None or got is None:
+            print(f"[{count}/{len(jobs)}] {job.label}: FAILED\n{error}", file=sys.stderr, flush=True)
+            failures.append({"case": job.case, "impl": job.impl, "loop": job.loop, "error": str(error)})
+            return
         records.extend(got)
         shown = [record_row(r) for r in got if r.metric in _SHOWN and r.unit != "%"]
         summary = ", ".join(f"{row[3]} {row[4]} {row[5]} (±{row[8]})" for row in shown)
         rx_tx = usage_text(got).get((job.case, job.impl, job.loop))
         if rx_tx:
             summary += f"; cpu+wait% rx {rx_tx[0] or '-'} tx {rx_tx[1] or '-'}"
-        print(f"[{i}/{len(jobs)}] {job.label}: {summary}  [{time.perf_counter() - t0:.1f} s]", flush=True)
+        print(f"[{count}/{len(jobs)}] {job.label}: {summary}  [{seconds:.1f} s]", flush=True)
+
+    sequential = args.sequential or bool(settings.py_spy_dir or settings.profile_dir)
+    for case_name, case_jobs in _by_case(jobs):
+        if sequential or len(case_jobs) == 1 or any(j.custom for j in case_jobs):
+            for job in case_jobs:
+                t0 = time.perf_counter()
+                try:
+                    got = run_job(job, settings)
+                except BenchError as exc:
+                    done(job, None, exc, time.perf_counter() - t0)
+                else:
+                    done(job, got, None, time.perf_counter() - t0)
+        else:
+            print(f"-- {case_name}: {len(case_jobs)} jobs, rounds interleaved", flush=True)
+            run_interleaved(case_jobs, settings, done)
     elapsed = time.perf_counter() - started
     ratios = compute_ratios(records)
     print()
@@ -124,14 +152,16 @@ def main(argv: list[str] | None = None) -> int:
           "waited for a CPU other processes held, in % of wall time)")
     if ratios:
         print()
-        print("Ratios of medians (msgr / peer; for p50/p99 lower is better, for the rest higher):")
+        print("Ratios msgr / peer (median of the per-round ratios when both ran the same rounds interleaved, "
+              "else of the medians;\nrange = lowest-highest per-round ratio; for p50/p99 lower is better, "
+              "for the rest higher):")
         print(format_ratios(ratios))
     if failures:
         print(f"\n{len(failures)} job(s) FAILED: " + ", ".join(f"{f['case']} {f['impl']} [{f['loop']}]"
                                                           for f in failures))
     doc: dict[str, Any] = {
         "suite": "msgr benchmarks",
-        "date": now_iso(),
+        "date": date,
         "argv": sys.argv[1:] if argv is None else argv,
         "settings": {"reps": settings.reps, "seconds": settings.seconds, "warmups": settings.warmups,
                      "warmup_seconds": settings.warmup_seconds, "quick": settings.quick,

@@ -110,7 +110,7 @@ class FrameSender(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=HIGH_WATERMARK, low=LOW_WATERMARK)
+        transport.set_write_buffer_limits(high=HIGH_WATERMARK, low=LOW_WATERMARK)  # type: ignore[attr-defined]
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -134,10 +134,10 @@ class RawServer(FrameReceiver):
     """Answers ``u32 length | u32 cid | payload`` requests with ``handler(payload)``,
     every reply of one read in one ``writelines``."""
 
-    def __init__(self, handler: Callable[[bytes], bytes]) -> None:
+    def __init__(self, handler: Callable[[bytes | bytearray], bytes | bytearray]) -> None:
         super().__init__(self._request)
         self._handler = handler
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

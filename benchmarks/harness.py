@@ -22,7 +22,10 @@ exactly that many — a benchmark that loses messages fails loudly.
 
 Workers never run a round on their own clock: the parent paces everything,
 so rounds never overlap and a stuck worker is caught by a timeout (the job
-is reported as failed and the suite goes on).
+is reported as failed and the suite goes on).  :func:`run_interleaved`
+runs the jobs of one case side by side, round *i* of every job before
+round *i + 1* of any, so that load drifting on a shared machine affects
+them all alike.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ __all__ = [
     "percentile",
     "raise_fd_limit",
     "run_async",
+    "JobRun",
+    "run_interleaved",
     "run_job",
     "versions",
     "worker_entry",
@@ -334,67 +339,162 @@ class Proc:
 READY_TIMEOUT = 60.0
 
 
+class JobRun:
+    """One job's worker processes, driven round by round.
+
+    ``start()`` launches the workers and waits until they are connected;
+    each ``round()`` runs one round and keeps its figures (unless it is a
+    warm-up); ``finish()`` stops the workers and returns the records;
+    ``kill()`` cleans up after a failure.  Every step raises
+    :class:`BenchError` when a worker fails, times out or loses messages.
+    """
+
+    def __init__(self, job: Job, settings: Settings) -> None:
+        self.job = job
+        self.settings = settings
+        self.procs: list[Proc] = []
+        self.rx: Proc | None = None
+        self.tx: Proc | None = None
+        self.samplers: list[Any] = []
+        self.per_metric: dict[tuple[str, str, bool], list[float]] = {}
+        self.error: BenchError | None = None
+
+    def start(self, sample: bool = True) -> None:
+        job, settings = self.job, self.settings
+        params = {**job.params, "loop": job.loop}
+        if job.receiver is not None:
+            self.rx = Proc(job.receiver, params, f"{job.label} receiver", settings.profile_dir)
+            self.procs.append(self.rx)
+            params = {**params, **self.rx.expect("ready", READY_TIMEOUT)}
+        self.tx = Proc(job.sender, params, f"{job.label} sender", settings.profile_dir)
+        self.procs.append(self.tx)
+        self.tx.expect("ready", READY_TIMEOUT)
+        if sample:
+            self.samplers = start_sampling(self.procs, settings)
+
+    def round(self, seconds: float, warm: bool = False) -> None:
+        job, rx, tx = self.job, self.rx, self.tx
+        if tx is None:
+            raise BenchError(f"{job.label}: not started")
+        meas = rx if (job.measured_by == "receiver" and rx is not None) else tx
+        server_usage = rx is not None and meas is tx and job.server_usage
+        if server_usage and rx is not None:
+            rx.send("mark")
+        tx.send("round", {"seconds": seconds})
+        timeout = 60.0 + 20 * seconds
+        res = meas.expect("result", timeout)
+        if server_usage and rx is not None:
+            rx.send("usage")
+            res = {**res, **rx.expect("usage", timeout)}
+        if job.measured_by == "receiver":
+            if meas is not tx:
+                info = tx.expect("sent", timeout)
+                sent = info["msgs"]
+                res = {**res, **{k: v for k, v in info.items() if k.startswith("sender_")}}
+            else:
+                sent = res.get("sent")
+            if sent is not None and sent != res["msgs"]:
+                raise BenchError(f"{job.label}: sender sent {sent} messages, receiver counted {res['msgs']}")
+        if warm:
+            return
+        for metric, unit, value, hib in job.metrics(res):
+            self.per_metric.setdefault((metric, unit, hib), []).append(value)
+
+    def finish(self) -> list[Record]:
+        stop_sampling(self.samplers)
+        self.samplers = []
+        if self.tx is not None:
+            self.tx.send("stop")
+            self.tx.finish()
+        if self.rx is not None:
+            with contextlib.suppress(BenchError):  # it may have stopped on the sender's STOP already
+                self.rx.send("stop")
+            self.rx.finish()
+        job = self.job
+        return [
+            Record(job.case, job.impl, job.loop, metric, unit, runs, hib, job.note)
+            for (metric, unit, hib), runs in self.per_metric.items()
+        ]
+
+    def kill(self) -> None:
+        stop_sampling(self.samplers)
+        self.samplers = []
+        for p in self.procs:
+            if p.proc.is_alive():
+                p.proc.kill()
+                p.proc.join(5)
+
+
 def run_job(job: Job, settings: Settings) -> list[Record]:
-    """Run ``job``'s rounds in fresh worker processes and return its records.
+    """Run ``job``'s rounds, back to back, in fresh worker processes.
 
     :raises BenchError: a worker failed, timed out, or messages were lost.
     """
     if job.custom is not None:
         return job.custom(job, settings)
-    params = {**job.params, "loop": job.loop}
-    procs: list[Proc] = []
+    run = JobRun(job, settings)
     try:
-        rx: Proc | None = None
-        if job.receiver is not None:
-            rx = Proc(job.receiver, params, f"{job.label} receiver", settings.profile_dir)
-            procs.append(rx)
-            params = {**params, **rx.expect("ready", READY_TIMEOUT)}
-        tx = Proc(job.sender, params, f"{job.label} sender", settings.profile_dir)
-        procs.append(tx)
-        tx.expect("ready", READY_TIMEOUT)
-        samplers = start_sampling(procs, settings)
-        meas = rx if (job.measured_by == "receiver" and rx is not None) else tx
-        plan = [(True, settings.warmup_seconds)] * settings.warmups + [(False, settings.seconds)] * settings.reps
-        per_metric: dict[tuple[str, str, bool], list[float]] = {}
-        for warm, secs in plan:
-            server_usage = rx is not None and meas is tx and job.server_usage
-            if server_usage:
-                rx.send("mark")
-            tx.send("round", {"seconds": secs})
-            timeout = 60.0 + 20 * secs
-            res = meas.expect("result", timeout)
-            if server_usage:
-                rx.send("usage")
-                res = {**res, **rx.expect("usage", timeout)}
-            if job.measured_by == "receiver":
-                if meas is not tx:
-                    info = tx.expect("sent", timeout)
-                    sent = info["msgs"]
-                    res = {**res, **{k: v for k, v in info.items() if k.startswith("sender_")}}
-                else:
-                    sent = res.get("sent")
-                if sent is not None and sent != res["msgs"]:
-                    raise BenchError(f"{job.label}: sender sent {sent} messages, receiver counted {res['msgs']}")
-            if warm:
-                continue
-            for metric, unit, value, hib in job.metrics(res):
-                per_metric.setdefault((metric, unit, hib), []).append(value)
-        stop_sampling(samplers)
-        tx.send("stop")
-        tx.finish()
-        if rx is not None:
-            with contextlib.suppress(BenchError):  # it may have stopped on the sender's STOP already
-                rx.send("stop")
-            rx.finish()
-        return [
-            Record(job.case, job.impl, job.loop, metric, unit, runs, hib, job.note)
-            for (metric, unit, hib), runs in per_metric.items()
-        ]
+        run.start()
+        for _ in range(settings.warmups):
+            run.round(settings.warmup_seconds, warm=True)
+        for _ in range(settings.reps):
+            run.round(settings.seconds)
+        return run.finish()
     finally:
-        for p in procs:
-            if p.proc.is_alive():
-                p.proc.kill()
-                p.proc.join(5)
+        run.kill()
+
+
+def run_interleaved(jobs: list[Job], settings: Settings,
+                    done: Callable[[Job, list[Record] | None, BenchError | None, float], None]) -> None:
+    """Run several jobs' rounds interleaved: all workers up first, then warm-up
+    rounds, then measured round 1 of every job, round 2 of every job, ...
+
+    A shared machine's load drifts over minutes; interleaving spreads the
+    drift over every implementation of a case alike, so the ratios between
+    them (and the per-round ratios: round *i* of two jobs ran moments apart)
+    hold up where back-to-back jobs would not.  Idle workers wait in
+    ``epoll`` / a blocking read and cost nothing meanwhile.
+
+    ``done(job, records, error, seconds)`` is called once per job.
+    """
+    runs: list[JobRun] = []
+    started: dict[int, float] = {}
+    try:
+        for job in jobs:
+            run = JobRun(job, settings)
+            runs.append(run)
+            started[id(run)] = time.perf_counter()
+            try:
+                run.start(sample=False)
+            except BenchError as exc:
+                run.error = exc
+        for _ in range(settings.warmups):
+            for run in runs:
+                _guarded(run, settings.warmup_seconds, warm=True)
+        for _ in range(settings.reps):
+            for run in runs:
+                _guarded(run, settings.seconds)
+        for run in runs:
+            records: list[Record] | None = None
+            if run.error is None:
+                try:
+                    records = run.finish()
+                except BenchError as exc:
+                    run.error = exc
+            done(run.job, records, run.error, time.perf_counter() - started[id(run)])
+    finally:
+        for run in runs:
+            run.kill()
+
+
+def _guarded(run: JobRun, seconds: float, warm: bool = False) -> None:
+    if run.error is not None:
+        return
+    try:
+        run.round(seconds, warm)
+    except BenchError as exc:
+        run.error = exc
+        run.kill()
 
 
 def start_sampling(procs: list[Proc], settings: Settings) -> list[Any]:

@@ -59,10 +59,13 @@ async def _open(ms: Any, address: str) -> Any:
     return conn
 
 
-async def _send_round(conn: Any, payload: bytes, seconds: float) -> int:
+async def _send_round(conn: Any, payload: bytes, seconds: float, idiom: str = "batch") -> int:
+    """Send for ``seconds``, then END.  ``idiom`` (experiments only):
+    ``batch`` = ``send_nowait`` x256 + ``await drain()`` (the suite's way for
+    small messages), ``send`` = ``await conn.send()`` per message."""
     sent = 0
     deadline = perf_counter() + seconds
-    if len(payload) < 65536:
+    if len(payload) < 65536 and idiom == "batch":
         send_nowait = conn.send_nowait
         while perf_counter() < deadline:
             for _ in range(BATCH):
@@ -97,7 +100,8 @@ def oneway_sender(ctl: Control, params: dict[str, Any]) -> None:
         payload = payload_of(params["size"])
         async with ms:
             conn = await _open(ms, params["address"])
-            await async_sender_loop(ctl, lambda seconds: _send_round(conn, payload, seconds))
+            idiom = params.get("idiom", "batch")
+            await async_sender_loop(ctl, lambda seconds: _send_round(conn, payload, seconds, idiom))
 
     run_async(main, params["loop"])
 
@@ -106,6 +110,10 @@ class _LocalCounter(OnewayCounter):
     """In-process: keep the receiver's report until the sender adds its count."""
 
     __slots__ = ("done",)
+
+    def __init__(self, ctl: Control) -> None:
+        super().__init__(ctl)
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def end(self, *_: Any) -> None:
         self.done.set_result(self.report())

@@ -66,7 +66,7 @@ def oneway_sender(ctl: Control, params: dict[str, Any]) -> None:
     run_async(main, params["loop"])
 
 
-def _echo(payload: bytes) -> bytes:
+def _echo(payload: bytes | bytearray) -> bytes | bytearray:
     return payload
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +80,26 @@ class Ratio:
     met: bool | None
     verdict: str
     note: str = ""
+    low: float | None = None
+    high: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"case": self.case, "metric": self.metric, "num": self.num, "den": self.den,
-                "ratio": self.ratio, "target": self.target or None, "met": self.met, "verdict": self.verdict,
-                "note": self.note or None}
+                "ratio": self.ratio, "ratio_min": self.low, "ratio_max": self.high,
+                "target": self.target or None, "met": self.met, "verdict": self.verdict, "note": self.note or None}
+
+
+def _ratio(num: Record, den: Record) -> tuple[float, float | None, float | None]:
+    """The ratio of two figures and its range.
+
+    With as many runs on both sides (the rounds of a case are interleaved,
+    so run *i* of each ran moments apart) it is the median of the per-run
+    ratios, and the range is theirs; otherwise the ratio of the medians.
+    """
+    if len(num.runs) == len(den.runs) and all(den.runs):
+        per_run = sorted(a / b for a, b in zip(num.runs, den.runs, strict=True))
+        return statistics.median(per_run), per_run[0], per_run[-1]
+    return num.median / den.median, None, None
 
 
 def _verdict(value: float, op: str, bound: float) -> tuple[bool, str]:
@@ -109,19 +125,22 @@ def compute_ratios(records: list[Record]) -> list[Ratio]:
             den = idx.get((t.case, t.den, loop, t.metric)) or idx.get((t.case, t.den, NO_LOOP, t.metric))
             if num is None or den is None or den.median == 0:
                 continue
-            value = num.median / den.median
+            value, lo, hi = _ratio(num, den)
             target, met, verdict = "", None, ""
             if t.bound is not None:
                 target = f"{t.op} {t.bound:g}x"
                 met, verdict = _verdict(value, t.op, t.bound)
             out.append(Ratio(t.case, t.metric, f"{t.num}[{loop}]", f"{t.den}[{den.loop}]", value, target, met,
-                             verdict, t.why))
+                             verdict, t.why, lo, hi))
     for case, impl, metric, op, bound, text in ABSOLUTE:
         for r in records:
             if (r.case, r.impl, r.metric) == (case, impl, metric):
                 met, verdict = _verdict(r.median, op, bound)
                 out.append(Ratio(case, metric, f"{impl}[{r.loop}]", "-", r.median, f"{op} {fmt(bound)} {r.unit}",
                                  met, verdict, text))
+    # in the order the cases ran, targets first within a case
+    order = {c: i for i, c in enumerate(dict.fromkeys(r.case for r in records))}
+    out.sort(key=lambda x: (order.get(x.case, len(order)), x.target == "", x.metric, x.num))
     return out
 
 
@@ -198,7 +217,81 @@ def format_ratios(ratios: list[Ratio]) -> str:
             if r.note not in notes:
                 notes.append(r.note)
             verdict += f" [{notes.index(r.note) + 1}]"
-        rows.append([r.case, r.metric, r.num, r.den, fmt(r.ratio) + ("x" if r.den != "-" else ""), r.target or "-",
-                     verdict])
-    table = _table(["case", "metric", "msgr", "peer", "ratio", "target", "verdict"], rows, right={4})
+        rng = f"{fmt(r.low)}-{fmt(r.high)}" if r.low is not None and r.high is not None else "-"
+        rows.append([r.case, r.metric, r.num, r.den, fmt(r.ratio) + ("x" if r.den != "-" else ""), rng,
+                     r.target or "-", verdict])
+    table = _table(["case", "metric", "msgr", "peer", "ratio", "range", "target", "verdict"], rows, right={4, 5})
     return "\n".join([table, *(f"[{i}] {n}" for i, n in enumerate(notes, 1))])
+
+
+# -- markdown (for docs) ----------------------------------------------------------
+
+_MD_METRICS = ("msgs_per_s", "throughput", "p50", "p99", "req_per_s", "idle_session_bytes", "idle_session_rss",
+               "rx_cpu_per_msg", "tx_cpu_per_msg", "server_cpu_per_req", "client_cpu_per_req")
+_MD_BY_CASE = {
+    "oneway-64B": ("msgs_per_s", "rx_cpu_per_msg", "tx_cpu_per_msg"),
+    "oneway-1MiB": ("throughput", "rx_cpu_per_msg", "tx_cpu_per_msg"),
+    "oneway-16MiB": ("throughput", "rx_cpu_per_msg", "tx_cpu_per_msg"),
+    "reqrep-64B-1": ("p50", "p99", "req_per_s", "server_cpu_per_req", "client_cpu_per_req"),
+    "reqrep-64B-64": ("p50", "p99", "req_per_s", "server_cpu_per_req", "client_cpu_per_req"),
+    "scale-idle": ("idle_session_bytes", "idle_session_rss", "session_setup_per_s"),
+}
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    """A results JSON as markdown tables: per case, one row per impl and loop
+    with the case's main metrics (median and spread), then the ratios."""
+    recs = doc["records"]
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        by_case.setdefault(r["case"], []).append(r)
+    out: list[str] = []
+    for case, rs in by_case.items():
+        metrics = _MD_BY_CASE.get(case) or (("msgs_per_s", "rx_cpu_per_msg", "tx_cpu_per_msg")
+                                            if case.startswith("scale-") else _MD_METRICS)
+        present = [m for m in metrics if any(r["metric"] == m for r in rs)]
+        units = {r["metric"]: r["unit"] for r in rs}
+        usage: dict[tuple[str, str], dict[str, float]] = {}
+        for r in rs:
+            if r["unit"] == "%":
+                usage.setdefault((r["impl"], r["loop"]), {})[r["metric"]] = r["median"]
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        for r in rs:
+            if r["metric"] in present:
+                spread = (r["max"] - r["min"]) / r["median"] * 100 if r["median"] else 0.0
+                rows.setdefault((r["impl"], r["loop"]), {})[r["metric"]] = f"{fmt(r['median'])} ±{spread:.0f}%"
+        head = ["impl", "loop", *(f"{m} ({units[m]})" for m in present), "cpu+wait % rx / tx"]
+        out.append(f"**{case}**\n")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for (impl, loop), cells in rows.items():
+            u = usage.get((impl, loop), {})
+            sides = []
+            for side in (("receiver",), ("sender", "client")):
+                txt = "-"
+                for s in side:
+                    if f"{s}_cpu" in u:
+                        txt = f"{u[s + '_cpu']:.0f}+{u.get(s + '_wait', 0):.0f}"
+                sides.append(txt)
+            out.append("| " + " | ".join([impl, loop, *(cells.get(m, "-") for m in present), " / ".join(sides)])
+                       + " |")
+        out.append("")
+    if doc.get("ratios"):
+        out.append("**ratios of medians (msgr / peer)**\n")
+        out.append("| case | metric | msgr | peer | ratio | range | target | verdict |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for x in doc["ratios"]:
+            ratio = fmt(x["ratio"]) + ("x" if x["den"] != "-" else "")
+            lo, hi = x.get("ratio_min"), x.get("ratio_max")
+            rng = f"{fmt(lo)}-{fmt(hi)}" if lo is not None and hi is not None else "-"
+            out.append(f"| {x['case']} | {x['metric']} | {x['num']} | {x['den']} | {ratio} | {rng} "
+                       f"| {x['target'] or '-'} | {x['verdict'] or '-'} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    with open(sys.argv[1], encoding="utf-8") as f:
+        print(to_markdown(json.load(f)))

@@ -4,7 +4,7 @@ One *server* process holds a messenger; one *client* process holds N
 messengers (distinct entity names, so N distinct sessions), each connected
 to the server.  Two passes, each in fresh processes:
 
-memory (``scale-idle``)
+memory (``scale-idle``; also ``session_setup_per_s``, how fast the steps connected)
     The server runs under :mod:`tracemalloc`.  The client opens 1 session
     (the baseline: first-connection costs such as lazy imports are paid),
     then grows by equal steps to the top level; after each step the server
@@ -66,6 +66,11 @@ class _ScaleCounter(OnewayCounter):
 
     __slots__ = ("ends", "expected")
 
+    def __init__(self, ctl: Control) -> None:
+        super().__init__(ctl)
+        self.ends = 0
+        self.expected = 1
+
     def end(self, *_: Any) -> None:
         self.ends += 1
         if self.ends == self.expected:
@@ -88,8 +93,6 @@ def server(ctl: Control, params: dict[str, Any]) -> None:
         proc = psutil.Process()
         ms = _messenger(_config("bench-server", params, server=True, listen=[_listen_address(params["scheme"])]))
         counter = _ScaleCounter(ctl)
-        counter.ends = 0
-        counter.expected = 1
         ms.register_handler_oneway("d", counter.on_msgr)
         ms.register_handler_oneway("end", counter.end)
         async with ms:
@@ -121,7 +124,7 @@ def _cache_entry_points() -> None:
     from msgr_core import registry
 
     if not hasattr(registry._entry_points, "cache_info"):
-        registry._entry_points = functools.lru_cache(maxsize=None)(registry._entry_points)  # type: ignore[attr-defined]
+        registry._entry_points = functools.lru_cache(maxsize=None)(registry._entry_points)
 
 
 def client(ctl: Control, params: dict[str, Any]) -> None:
@@ -203,6 +206,7 @@ def _stop(*procs: Proc) -> None:
 
 
 def _grow(tx: Proc, n: int) -> float:
+    """Grow the client to ``n`` sessions; the seconds it took."""
     tx.send("grow", {"n": n})
     return float(tx.expect("grown", 60 + n * 0.2)["seconds"])
 
@@ -227,10 +231,11 @@ def _run_scale(job: Job, settings: Settings) -> list[Record]:
         before = _mem(rx)
         traced: list[float] = []
         rss: list[float] = []
+        setup: list[float] = []
         n = 1
         for _ in range(reps):
             n += step
-            _grow(tx, n)
+            setup.append(step / _grow(tx, n))
             after = _mem(rx)
             if after["sessions"] != n:
                 raise BenchError(f"{job.label}: server has {after['sessions']} open sessions, expected {n}")
@@ -242,6 +247,9 @@ def _run_scale(job: Job, settings: Settings) -> list[Record]:
                               note + " (tracemalloc: Python heap)"))
         records.append(Record("scale-idle", job.impl, job.loop, "idle_session_rss", "B/session", rss, False,
                               note + " (RSS)"))
+        records.append(Record("scale-idle", job.impl, job.loop, "session_setup_per_s", "sessions/s", setup, True,
+                              f"connect + handshake + one ping, {CONNECT_CONCURRENCY} at a time, server traced by "
+                              "tracemalloc (slower than untraced)"))
         _stop(tx, rx)
         procs.clear()
 

@@ -29,9 +29,12 @@ def test_ratio_pairs_same_loop_and_loop_independent_peers() -> None:
     r = got[("msgr-tcp-lossy[asyncio]", "raw-asyncio[asyncio]")]
     assert r.ratio == 0.25 and r.met is False and r.target == ">= 0.5x"
     assert r.verdict.startswith("MISSED by 50%: needs 2.00x more")
+    # same number of runs: the median of the per-run ratios, and their range
+    assert (r.low, r.high) == (0.225, 0.275)
     assert got[("msgr-tcp-lossy[uvloop]", "raw-asyncio[uvloop]")].met is True
-    # a loop-independent peer is compared with every loop
+    # a loop-independent peer is compared with every loop (different run counts: ratio of medians)
     assert got[("msgr-tcp-lossy[asyncio]", "raw-pyzmq[none]")].ratio == 0.5
+    assert got[("msgr-tcp-lossy[asyncio]", "raw-pyzmq[none]")].low is None
     assert got[("msgr-tcp-lossy[uvloop]", "raw-pyzmq[none]")].met is True
     assert ("msgr-tcp-lossy[asyncio]", "raw-asyncio[uvloop]") not in got
 
