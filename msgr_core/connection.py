@@ -913,7 +913,10 @@ class Connection:
         if mtype == m.HELLO and not port.outgoing:
             self._ms._accept(self, port, payload)
         elif mtype == m.HELLO_OK and port.outgoing and port.done is not None and not port.done.done():
+            # Handled here, not in the dialling task: the peer's replay may
+            # follow in the same read, and must find the session open.
             port.done.set_result(payload if isinstance(payload, dict) else {})
+            self._ms._connected(self, port, payload)
         elif mtype == m.REFUSE and port.outgoing and port.done is not None and not port.done.done():
             reason = str(payload)[:1024]
             port.done.set_exception(_Refused(reason))
@@ -1032,32 +1035,33 @@ class Connection:
         self._backoff = min(ses["reconnect_max"], max(ses["reconnect_min"], self._backoff * 2))
 
     async def _dial(self, address: str) -> None:
-        """One dial + handshake attempt; on failure, the policy decides."""
+        """One dial + handshake attempt (the session's one task while it
+        runs); the HELLO_OK itself is handled by :meth:`_handshake_frame`.
+        On failure, the policy decides what next."""
         port = _Port(self, outgoing=True)
-        port.done = self._loop.create_future()
+        done = port.done = self._loop.create_future()
+        failure: Exception | None = None
         try:
             if self.state != OPEN:
                 self.state = CONNECTING if self.state != STANDBY else STANDBY
             await self._ms._connect(address, port)
             timeout = self._ms.config["limits"]["handshake_timeout"]
-            hello = await asyncio.wait_for(asyncio.shield(port.done), timeout)
-            self._attempt = None
-            self._ms._connected(self, port, hello)
-            return
+            await asyncio.wait_for(asyncio.shield(done), timeout)
         except asyncio.CancelledError:
-            port.orphan()
-            self._attempt = None
+            if not (done.done() and not done.cancelled() and done.exception() is None):
+                port.orphan()
             raise
-        except _Refused as exc:
-            failure: Exception = exc
-        except (TimeoutError, PeerUnreachable, OSError) as exc:
+        except (_Refused, TimeoutError, PeerUnreachable, OSError) as exc:
             failure = exc
         except Exception as exc:  # a transport bug must not kill the session silently
             log.exception("connect to %s failed unexpectedly", address)
             failure = exc
-        port.orphan()
-        self._attempt = None
-        self._dial_failed(address, failure)
+        finally:
+            if self._attempt is asyncio.current_task():
+                self._attempt = None
+        if failure is not None:
+            port.orphan()
+            self._dial_failed(address, failure)
 
     def _dial_failed(self, address: str, exc: Exception) -> None:
         if self.state in (OPEN, CLOSED):

@@ -214,6 +214,31 @@ class Messenger:
             await t.aclose()
         self._transport_objs.clear()
 
+    async def abort(self) -> None:
+        """Stop at once, as if the process died: links are aborted with no
+        flush and no goodbye, so peers see a link failure, not a stop.
+        (For tests and fault drills; :meth:`stop` is the graceful way.)"""
+        if not self._running:
+            return
+        self._accepting = False
+        for lst in self._listeners:
+            await lst.aclose()
+        self._listeners.clear()
+        for conn in self.connections + list(self._accepted):
+            conn._stopping = True
+            conn._reset("messenger aborted", notify=False)
+        self._running = False
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for t in self._transport_objs.values():
+            await t.aclose()
+        self._transport_objs.clear()
+
     async def __aenter__(self) -> Messenger:
         await self.start()
         return self
