@@ -238,7 +238,7 @@ class Connection:
         self._idle_ticks = 0
         inject = messenger.config["inject"]
         self._inject_n: int = inject["socket_failures"]
-        self._inject_rolled = False
+        self._inject_doomed: Link | None = None
         self._rng: random.Random = messenger.inject_rng
         self._blackhole = False
         self._delay_p: float = 0.0
@@ -465,7 +465,7 @@ class Connection:
                 return
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
-        if self._queued_bytes + size > self._max_queued and self._queued_bytes:
+        if self._queued_bytes + size + _OVERHEAD > self._max_queued and self._queued_bytes:
             raise Backpressure(self._who(), self._queued_bytes, self._max_queued)
         prio = priority if 0 <= priority <= 2 else Priority.NORMAL
         self._queues[prio].append((mtype, flags, priority, cid, verb, body, attachments, size))
@@ -499,21 +499,19 @@ class Connection:
             return
         self.msgs_out += 1
         self.bytes_out += size
-        if self._inject_n and not self._inject_rolled:
-            self._inject_roll()
+        if self._inject_n and self._rng.random() * self._inject_n < 1.0:
+            self._inject_failure()
 
-    def _inject_roll(self) -> None:
-        # One roll per batch of sends in a loop iteration: a "link operation"
-        # is a write, not a message (Ceph's ms_inject_socket_failures).
-        self._inject_rolled = True
-        self._loop.call_soon(self._inject_reset)
-        if self._rng.random() * self._inject_n < 1.0 and self._link is not None:
-            log.info("inject: failing link to %s (inject.socket_failures=%d)", self._who(), self._inject_n)
-            self._ms._injected += 1
-            self._loop.call_soon(self._link.abort)
-
-    def _inject_reset(self) -> None:
-        self._inject_rolled = False
+    def _inject_failure(self) -> None:
+        """[inject] socket_failures: break the current link (once), soon --
+        not from inside the send or receive that rolled it."""
+        link = self._link
+        if link is None or self._inject_doomed is link:
+            return
+        self._inject_doomed = link
+        log.info("inject: failing link to %s (inject.socket_failures=%d)", self._who(), self._inject_n)
+        self._ms._injected += 1
+        self._loop.call_soon(link.abort)
 
     def _send_control(self, mtype: int, body: Any = b"", cid: int = 0, verb: str = "",
                       link: Link | None = None) -> None:
@@ -675,8 +673,8 @@ class Connection:
         if self.state != OPEN or port is not self._port:
             self._handshake_frame(port, mtype, payload)
             return
-        if self._inject_n and not self._inject_rolled:
-            self._inject_roll()
+        if self._inject_n and self._rng.random() * self._inject_n < 1.0:
+            self._inject_failure()
         if ack and self._unacked:
             self._acked(ack)
         if seq:
@@ -1062,6 +1060,10 @@ class Connection:
         if failure is not None:
             port.orphan()
             self._dial_failed(address, failure)
+        elif self.state == STANDBY:
+            # the new link was adopted and lost again before this task
+            # resumed; its _kick found this attempt still running
+            self._kick()
 
     def _dial_failed(self, address: str, exc: Exception) -> None:
         if self.state in (OPEN, CLOSED):

@@ -61,11 +61,11 @@ def test_unknown_section_is_rejected_with_a_hint() -> None:
 def test_policy_per_peer_type_and_session_limits_checked() -> None:
     cfg = Config({"policy": {"client": "stateless_server", "default": "lossless_peer"}})
     assert cfg.policy_for("client") == "stateless_server" and cfg.policy_for("osd") == "lossless_peer"
-    with pytest.raises(ConfigError, match="session.reconnect_max"):
+    with pytest.raises(ConfigError, match=r"session\.reconnect_max"):
         Config({"session": {"reconnect_min": 2.0, "reconnect_max": 1.0}})
-    with pytest.raises(ConfigError, match="session.ack_every"):
+    with pytest.raises(ConfigError, match=r"session\.ack_every"):
         Config({"session": {"ack_every": 0}})
-    with pytest.raises(ConfigError, match="inject.delay_probability"):
+    with pytest.raises(ConfigError, match=r"inject\.delay_probability"):
         Config({"inject": {"delay_probability": 1.5}})
 
 

@@ -229,7 +229,7 @@ async def test_backpressure_bounds_the_queue(make_messenger: MakeMessenger) -> N
     conn.send_nowait("x", bytes(6000))
     with pytest.raises(Backpressure) as ei:
         conn.send_nowait("x", bytes(6000))
-    assert ei.value.limit == 10_000 and ei.value.queued == 6000 + 32
+    assert ei.value.limit == 10_000 and ei.value.queued == 6000 + 32  # payload + header allowance
     # the awaitable form waits for room instead
     await asyncio.wait_for(conn.send("x", bytes(6000)), 5)
     await asyncio.wait_for(conn.drain(), 5)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -16,27 +13,18 @@ import pytest
 from msgr_core import Messenger
 from msgr_core.framing import BANNER, encode_prefix
 
-PEER = Path(__file__).with_name("peer_node.py")
+from .procs import Node
 
 
 @pytest.fixture
 def peer_process() -> Iterator[str]:
     """A node in a separate process; yields its TCP address."""
-    proc = subprocess.Popen([sys.executable, str(PEER), "remote", "tcp://127.0.0.1:0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdin is not None
-    address = proc.stdout.readline().strip()
-    assert address.startswith("tcp://127.0.0.1:"), address
+    peer = Node("remote")
     try:
-        yield address
+        yield peer.address
+        assert peer.stop() == 0
     finally:
-        proc.stdin.close()
-        proc.stdout.close()
-        try:
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        peer.kill()
 
 
 @pytest.mark.slow
@@ -52,7 +40,7 @@ async def test_a_million_oneway_messages_and_100k_requests_between_processes(pee
             await conn.drain()
         # the report request travels behind every oneway message on the session
         report = await ms.send_message("report", peer_process, b"", timeout=60)
-        assert report == {"count": total, "disorder": 0, "next": total}
+        assert (report["count"], report["disorder"], report["next"]) == (total, 0, total)
 
         # 100,000 request/responses, 64 outstanding, each reply checked
         n_requests = 100_000
