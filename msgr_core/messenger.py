@@ -328,6 +328,18 @@ class Messenger:
 
     # -- sending -------------------------------------------------------------
 
+    def add_known_address(self, name: str, addrs: Iterable[str]) -> None:
+        """Learn where entity ``name`` listens (from config, gossip, ...), so
+        ``get_connection(name)`` can dial it.  Addresses learned from a
+        handshake with ``name`` later replace these; an empty ``addrs``
+        forgets them."""
+        addrs = tuple(addrs)
+        if addrs:
+            self._known_addrs[name] = addrs
+        else:
+            self._known_addrs.pop(name, None)
+
+
     def get_connection(self, peer: str, *, policy: str | None = None) -> Connection:
         """The session with ``peer``, an address (``tcp://host:port``) or an
         entity name whose addresses are known; created (and dialled in the

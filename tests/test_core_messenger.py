@@ -131,6 +131,15 @@ async def test_peer_by_name_after_handshake(make_messenger: MakeMessenger) -> No
     assert await b.send_message("msgr.ping", "a", b"back", timeout=5) == b"back"
 
 
+async def test_peer_by_name_from_known_address(make_messenger: MakeMessenger) -> None:
+    a = await make_messenger("a")
+    b = await make_messenger("b")
+    with pytest.raises(PeerUnreachable):
+        a.get_connection("b")
+    a.add_known_address("b", b.addresses)
+    assert await a.send_message("msgr.ping", "b", b"hi", timeout=5) == b"hi"
+    a.add_known_address("c", [])  # forgetting an unknown name is harmless
+
 class Recorder(Dispatcher):
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
