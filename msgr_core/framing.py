@@ -39,6 +39,8 @@ _SEG1 = struct.Struct("!IHI")
 _SEG2 = struct.Struct("!IHII")
 _U32 = struct.Struct("!I")
 _HEAD_SIZE = _HEAD.size
+_SEG2_SIZE = _SEG2.size
+_INITIAL_BUFFER = 16 * 1024
 
 
 def _nbytes(b: Buffer) -> int:
@@ -97,7 +99,10 @@ class StreamDecoder:
     ) -> None:
         self._on_frame = on_frame
         self._max = max_frame_bytes
-        self._buf = bytearray(buffer_size)
+        # Start small (idle links cost little) and grow while reads fill it.
+        self._max_buffer = max(buffer_size, 1024)
+        self._buf = bytearray(min(self._max_buffer, _INITIAL_BUFFER))
+        self._filled = False
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
@@ -129,6 +134,8 @@ class StreamDecoder:
                 self._finish_big()
             return
         self._end += nbytes
+        if self._end == len(self._buf):
+            self._filled = True
         self._parse()
 
     def feed(self, data: Buffer) -> None:
@@ -153,15 +160,22 @@ class StreamDecoder:
     def _make_room(self) -> None:
         # Called only when the buffer is full up to its end.
         held = self._end - self._start
-        if self._start > 0:
+        size = len(self._buf)
+        if self._filled and size < self._max_buffer:
+            size = min(size * 4, self._max_buffer)  # reads keep filling it: busy link
+        elif held == size:
+            size *= 2  # one frame header + small body larger than the buffer
+        self._filled = False
+        if size != len(self._buf):
+            # A new buffer rather than a resize: views handed out earlier may
+            # still be alive, and a bytearray with exports cannot be resized.
+            new = bytearray(size)
+            new[:held] = self._view[self._start : self._end]
+            self._buf = new
+            self._view = memoryview(new)
+        elif self._start > 0:
             self._buf[:held] = self._view[self._start : self._end]
-            self._start, self._end = 0, held
-        if self._end == len(self._buf):
-            # One frame header + small body larger than the buffer: grow.
-            # (Bodies >= direct_threshold never get here.)
-            self._view.release()
-            self._buf.extend(bytes(len(self._buf)))
-            self._view = memoryview(self._buf)
+        self._start, self._end = 0, held
 
     def _parse(self) -> None:
         buf = self._buf
@@ -181,9 +195,21 @@ class StreamDecoder:
         start, end = self._start, self._end
         on_frame = self._on_frame
         unpack_head = _HEAD.unpack_from
+        unpack_two = _SEG2.unpack_from
+        limit = self._max
         try:
             while end - start >= _HEAD_SIZE:
                 total, nseg = unpack_head(buf, start)
+                if nseg == 2 and total <= limit and end - start >= _SEG2_SIZE + total:
+                    # the common case (header + payload, whole frame present)
+                    _, _, a, b = unpack_two(buf, start)
+                    body = start + _SEG2_SIZE
+                    if a + b != total:
+                        raise ProtocolError(f"frame segment lengths sum to {a + b}, header says {total}")
+                    start = body + total
+                    self._start = start
+                    on_frame([view[body : body + a].tobytes(), view[body + a : start].tobytes()])
+                    continue
                 if total > self._max:
                     raise FrameTooLarge(total, self._max)
                 if nseg == 0 or nseg > MAX_SEGMENTS:
@@ -204,7 +230,7 @@ class StreamDecoder:
                     segs: list[Buffer] = []
                     pos = body
                     for ln in lengths:
-                        segs.append(bytes(view[pos : pos + ln]))
+                        segs.append(view[pos : pos + ln].tobytes())
                         pos += ln
                     start = pos
                     self._start = start

@@ -102,3 +102,31 @@ def test_zero_segment_frame_is_a_protocol_error() -> None:
     dec = StreamDecoder(lambda f: None, 100)
     with pytest.raises(ProtocolError, match="segments"):
         dec.feed(BANNER + struct.pack("!IH", 0, 0))
+
+
+def test_two_segment_lengths_that_disagree_with_the_total_are_refused() -> None:
+    import struct
+
+    dec = StreamDecoder(lambda f: None, 1 << 20)
+    # whole frame present, the fast path for two segments must check it too
+    with pytest.raises(ProtocolError, match="sum to"):
+        dec.feed(BANNER + struct.pack("!IHII", 8, 2, 2, 2) + bytes(8))
+
+
+def test_buffer_starts_small_and_grows_under_load() -> None:
+    out: list[list[bytes]] = []
+    dec = StreamDecoder(lambda f: out.append([bytes(b) for b in f]), LIMIT, buffer_size=256 * 1024)
+    assert len(dec.get_buffer()) <= 16 * 1024
+    frames = [[b"h", bytes(1000)]] * 2000
+    data = _wire(frames)
+    pos = 0
+    sizes = set()
+    while pos < len(data):
+        target = dec.get_buffer()
+        sizes.add(len(dec._buf))
+        n = min(len(target), len(data) - pos)
+        target[:n] = data[pos : pos + n]
+        pos += n
+        dec.buffer_updated(n)
+    assert out == frames
+    assert max(sizes) == 256 * 1024
