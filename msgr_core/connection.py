@@ -102,6 +102,21 @@ def _nbytes(b: Buffer) -> int:
     return b.nbytes if type(b) is memoryview else len(b)
 
 
+def _frame_cost(frame: Sequence[Buffer]) -> int:
+    """What a sent frame was charged in the window: payload, attachments, header allowance."""
+    if len(frame) == 2:
+        return _nbytes(frame[1]) + _OVERHEAD
+    return sum(_nbytes(b) for b in frame[1:]) + _OVERHEAD
+
+
+def _item_of(frame: Sequence[Buffer]) -> _Item:
+    """Rebuild a queue item from a sent frame (rare: to report it undeliverable)."""
+    mtype, _seq, _ack, flags, priority, cid, verb = _unpackb(frame[0], use_list=False)
+    body = frame[1]
+    attachments = tuple(frame[2:])
+    return (mtype, flags, priority, cid, verb, body, attachments, _frame_cost(frame) - _OVERHEAD)
+
+
 class _Port:
     """The handler of one link: forwards its events to the session that owns
     it now.  A link can change hands (a resumed session adopts the link its
@@ -216,12 +231,12 @@ class Connection:
         self._state_waiters: list[asyncio.Future[None]] = []
         self._pending: dict[int, tuple[asyncio.Future[Message], str, asyncio.TimerHandle | None]] = {}
         self._next_cid = 1
-        # sequencing (lossless): _unacked holds (seq, frame, item) in seq order
+        # sequencing (lossless): _unacked holds the sent frames in seq order
         self._out_seq = 0
         self._in_seq = 0
         self._ack_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._unacked: collections.deque[tuple[int, Sequence[Buffer], _Item]] = collections.deque()
+        self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
         self._unacked_bytes = 0
         # reconnection
         self._attempt: asyncio.Task[None] | None = None
@@ -461,7 +476,7 @@ class Connection:
         if state == OPEN and not self._paused and not self._window_full and not self._queued_bytes:
             link = self._link
             if link is not None and link.write_buffer_size() < self._high:
-                self._transmit((mtype, flags, priority, cid, verb, body, attachments, size))
+                self._transmit(mtype, flags, priority, cid, verb, body, attachments, size)
                 return
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
@@ -476,26 +491,30 @@ class Connection:
         elif state == STANDBY:
             self._kick()
 
-    def _transmit(self, item: _Item) -> None:
+    def _transmit(self, mtype: int, flags: int, priority: int, cid: int, verb: str,
+                  body: Any, attachments: Sequence[Buffer], size: int) -> None:
+        # The hot path: one call per message, no tuple it does not need.
         link = self._link
         if link is None:
-            self._undeliverable([item], "no link")
+            self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)], "no link")
             return
-        mtype, flags, priority, cid, verb, body, attachments, size = item
         seq = self._out_seq = self._out_seq + 1
         ack = self._ack_sent = self._in_seq
         header = self._ms._packer.pack((mtype, seq, ack, flags, priority, cid, verb))
         frame: Sequence[Buffer] = [header, body, *attachments] if attachments else (header, body)
         if self._lossless:
-            self._unacked.append((seq, frame, item))
+            # the window holds frames in sequence order: the first one's
+            # number is _out_seq - len(_unacked) + 1
+            unacked = self._unacked
+            unacked.append(frame)
             self._unacked_bytes += size + _OVERHEAD
-            if self._unacked_bytes > self._max_unacked_bytes or len(self._unacked) > self._max_unacked_msgs:
+            if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
                 self._window_full = True
         try:
             link.send(frame)
         except LinkClosed:
             if not self._lossless:
-                self._undeliverable([item], "link closed")
+                self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)], "link closed")
             return
         self.msgs_out += 1
         self.bytes_out += size
@@ -545,7 +564,7 @@ class Connection:
             self._queued_bytes -= item[7] + _OVERHEAD
             if item[0] == m.REQ and item[3] not in self._pending:
                 continue  # timed out before it could be sent
-            self._transmit(item)
+            self._transmit(*item)
             if self._link is not link or self.state != OPEN:
                 break
             if link.write_buffer_size() >= high:
@@ -583,18 +602,22 @@ class Connection:
     def _acked(self, ack: int) -> None:
         """The peer has everything up to ``ack``: drop it from the window."""
         unacked = self._unacked
+        n = ack - (self._out_seq - len(unacked))
+        if n <= 0:
+            return
         freed = 0
-        while unacked and unacked[0][0] <= ack:
-            freed += unacked.popleft()[2][7] + _OVERHEAD
-        if freed:
-            self._unacked_bytes -= freed
-            if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
-                    and len(unacked) <= self._max_unacked_msgs:
-                self._window_full = False
-                if self._queued_bytes and self._recheck is None and self.state == OPEN:
-                    self._recheck = self._loop.call_soon(self._pump)
-            if not unacked and self._drain_waiters:
-                self._wake_senders()
+        popleft = unacked.popleft
+        for _ in range(min(n, len(unacked))):
+            frame = popleft()
+            freed += _frame_cost(frame)
+        self._unacked_bytes -= freed
+        if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
+                and len(unacked) <= self._max_unacked_msgs:
+            self._window_full = False
+            if self._queued_bytes and self._recheck is None and self.state == OPEN:
+                self._recheck = self._loop.call_soon(self._pump)
+        if not unacked and self._drain_waiters:
+            self._wake_senders()
 
     def _send_ack_soon(self) -> None:
         if self._ack_timer is None and self.state == OPEN:
@@ -990,7 +1013,7 @@ class Connection:
         link = self._link
         if not self._unacked or link is None:
             return
-        for _seq, frame, _item in self._unacked:
+        for frame in self._unacked:
             try:
                 link.send(frame)
             except LinkClosed:
@@ -1099,7 +1122,8 @@ class Connection:
         oneway = [it for it in items if it[0] == m.MSG]
         self.dropped += len(oneway)
         if oneway:
-            self._ms._report_undeliverable(self, [(it[4], it[5]) for it in oneway], reason)
+            self._ms._report_undeliverable(
+                self, [(it[4], _unpackb(it[5]) if it[1] & m.PACKED else it[5]) for it in oneway], reason)
 
     def _reset(self, reason: str, *, notify: bool, unreachable: bool = False) -> None:
         """Close the session: fail what is pending, report what is undelivered."""
@@ -1125,7 +1149,7 @@ class Connection:
         who = self._who()
         exc_factory: Callable[[], Exception] = (
             (lambda: PeerUnreachable(who, reason)) if unreachable else (lambda: ConnectionReset(who, reason)))
-        lost = [item for _seq, _frame, item in self._unacked]
+        lost = [_item_of(frame) for frame in self._unacked]
         for q in self._queues:
             lost.extend(q)
             q.clear()
