@@ -206,9 +206,10 @@ class Transport(abc.ABC):
     #: Config section of its own settings (``[tcp]``), and their defaults.
     config_section: ClassVar[str] = ""
     config_defaults: ClassVar[dict[str, Any]] = {}
-    #: Per scheme, an address the conformance kit (and docs) can listen on;
-    #: ``{tmpdir}`` is replaced by a fresh temporary directory
-    #: (``{"tcp": "tcp://127.0.0.1:0", "unix": "unix://{tmpdir}/s.sock"}``).
+    #: Per scheme, a listen address template for the conformance kit:
+    #: ``{tmp}`` becomes a private temporary directory and ``{n}`` a counter
+    #: (``{"tcp": "tcp://127.0.0.1:0", "unix": "unix://{tmp}/s{n}.sock"}``).
+    #: Without one, the kit listens on ``scheme://127.0.0.1:0``.
     test_addresses: ClassVar[dict[str, str]] = {}
 
     def __init__(self, scheme: str, options: TransportOptions) -> None:

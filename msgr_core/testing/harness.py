@@ -51,7 +51,6 @@ from ..transport import Link, LinkHandler, Transport, TransportOptions, split_ad
 
 __all__ = [
     "DEFAULT_ANY_PORT_ADDRESSES",
-    "DEFAULT_LISTEN_ADDRESSES",
     "NotSupported",
     "TransportHarness",
     "harness_for_scheme",
@@ -275,15 +274,6 @@ def load_transport_class(scheme: str) -> type[Transport]:
     return load(scheme)
 
 
-#: Listen address templates for the schemes the built-in plugins serve.
-DEFAULT_LISTEN_ADDRESSES: dict[str, str] = {
-    "tcp": "tcp://127.0.0.1:0",
-    "unix": "unix://{tmp}/s{n}.sock",
-    "loop": "loop://kit-{n}",
-    "zmq+tcp": "zmq+tcp://127.0.0.1:0",
-    "zmq+ipc": "zmq+ipc://{tmp}/z{n}.ipc",
-}
-
 #: Any-port addresses (the port-0 equivalent) of schemes without ports.
 DEFAULT_ANY_PORT_ADDRESSES: dict[str, str] = {"loop": "loop://"}
 
@@ -293,14 +283,14 @@ _STREAM_SCHEMES = ("tcp", "unix")
 def harness_for_scheme(scheme: str, listen_address: str | None = None) -> TransportHarness:
     """A harness for the installed transport serving ``scheme``.
 
-    :param listen_address: a template; default from
-        :data:`DEFAULT_LISTEN_ADDRESSES`, else ``scheme://127.0.0.1:0``.
+    :param listen_address: a template; default: the transport class's
+        ``test_addresses[scheme]``, else ``scheme://127.0.0.1:0``.
     :raises PluginNotInstalled: nothing installed serves ``scheme``.
     """
     cls = load_transport_class(scheme)
     if scheme not in cls.schemes:
         raise PluginNotInstalled("transport", scheme, list(cls.schemes), cls.distribution or None)
-    address = listen_address or DEFAULT_LISTEN_ADDRESSES.get(scheme, f"{scheme}://127.0.0.1:0")
+    address = listen_address or cls.test_addresses.get(scheme, f"{scheme}://127.0.0.1:0")
     inject = stream_inject_raw if scheme in _STREAM_SCHEMES else None
     return TransportHarness(
         cls,

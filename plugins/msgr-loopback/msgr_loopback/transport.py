@@ -440,6 +440,7 @@ class LoopTransport(Transport):
     distribution: ClassVar[str] = "msgr-loopback"
     config_section: ClassVar[str] = "loop"
     config_defaults: ClassVar[dict[str, Any]] = {"network": "default", "node": ""}
+    test_addresses: ClassVar[dict[str, str]] = {"loop": "loop://kit-{n}"}
 
     def __init__(self, scheme: str, options: TransportOptions) -> None:
         """:raises ConfigError: a bad ``[loop]`` setting."""

@@ -99,7 +99,7 @@ class TcpTransport(Transport):
     }
     test_addresses: ClassVar[dict[str, str]] = {
         "tcp": "tcp://127.0.0.1:0",
-        "unix": "unix://{tmpdir}/msgr.sock",
+        "unix": "unix://{tmp}/s{n}.sock",
     }
     #: May links bypass asyncio's write path with ``socket.sendmsg``?
     #: (``False`` for any transport whose bytes are not the socket's bytes.)

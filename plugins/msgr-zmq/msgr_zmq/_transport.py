@@ -99,7 +99,7 @@ class ZmqTransport(Transport):
     config_defaults: ClassVar[dict[str, Any]] = DEFAULTS
     test_addresses: ClassVar[dict[str, str]] = {
         "zmq+tcp": "zmq+tcp://127.0.0.1:0",
-        "zmq+ipc": "zmq+ipc://{tmpdir}/z.sock",
+        "zmq+ipc": "zmq+ipc://{tmp}/z{n}.ipc",
     }
 
     def __init__(self, scheme: str, options: TransportOptions) -> None:
