@@ -136,4 +136,4 @@ def test_default_harness_addresses_listen() -> None:
     """``ZmqTransport.test_addresses`` are usable listen templates."""
     for scheme, template in ZmqTransport.test_addresses.items():
         assert template.startswith(scheme + "://")
-        assert "{tmpdir}" in template or template.endswith(":0")
+        assert "{tmp}" in template or template.endswith(":0")
