@@ -24,7 +24,7 @@ class Node:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.address = self.proc.stdout.readline().strip()
-        if not self.address.startswith(("tcp://", "unix://")):
+        if "://" not in self.address:
             self.kill()
             raise RuntimeError(f"peer node {name} failed to start (exit {self.proc.poll()})")
 

@@ -19,7 +19,7 @@ from msgr_core.errors import (
     UnknownVerb,
 )
 
-from .conftest import MakeMessenger
+from .conftest import VIRTUAL_TIME_SCHEMES, MakeMessenger
 
 
 async def test_request_response_and_oneway(make_messenger: MakeMessenger) -> None:
@@ -78,6 +78,7 @@ async def test_remote_errors_are_typed(make_messenger: MakeMessenger) -> None:
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
 async def test_request_timeout(make_messenger: MakeMessenger) -> None:
     a = await make_messenger("a")
     b = await make_messenger("b")
@@ -104,6 +105,7 @@ async def test_unreachable_peer_lossy(make_messenger: MakeMessenger, scheme: str
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
 async def test_lossless_session_keeps_dialling_until_the_peer_comes(make_messenger: MakeMessenger, scheme: str) -> None:
     a = await make_messenger("a")  # default policy: lossless_peer
     b = await make_messenger("b")

@@ -46,10 +46,11 @@ async def stream(conn: Any, total: int, *, yield_every: int = 16) -> None:
             await asyncio.sleep(0)  # one batch = one link operation for fault injection
 
 
-async def test_200k_messages_with_socket_failures_every_50_operations() -> None:
+@pytest.mark.parametrize("scheme", ["tcp", "zmq+tcp"])
+async def test_200k_messages_with_socket_failures_every_50_operations(scheme: str) -> None:
     inject = {"socket_failures": 50}
-    with node("receiver", config={"inject": {**inject, "seed": 11}}) as peer:
-        cfg = {"messenger": {"name": "sender", "transports": ["tcp"]}, "inject": {**inject, "seed": 12}}
+    with node("receiver", listen=f"{scheme}://127.0.0.1:0", config={"inject": {**inject, "seed": 11}}) as peer:
+        cfg = {"messenger": {"name": "sender", "transports": [scheme]}, "inject": {**inject, "seed": 12}}
         async with Messenger.from_config(cfg) as ms:
             conn = ms.get_connection(peer.address)
             total = 200_000
@@ -159,16 +160,17 @@ async def test_client_server_requests_with_socket_failures() -> None:
             assert {s["policy"] for s in status.payload["sessions"]} == {"stateful_server"}
 
 
-async def test_peer_restart_mid_stream() -> None:
+@pytest.mark.parametrize("scheme", ["tcp", "zmq+tcp"])
+async def test_peer_restart_mid_stream(scheme: str) -> None:
     port = free_port()
-    listen = f"tcp://127.0.0.1:{port}"
+    listen = f"{scheme}://127.0.0.1:{port}"
     remote_resets: list[str] = []
 
     class Watch(Dispatcher):
         def handle_remote_reset(self, conn: Any) -> None:
             remote_resets.append(conn.peer_name)
 
-    cfg = {"messenger": {"name": "sender", "transports": ["tcp"]},
+    cfg = {"messenger": {"name": "sender", "transports": [scheme]},
            "session": {"reconnect_min": 0.05, "reconnect_max": 0.2}}
     async with Messenger.from_config(cfg) as ms:
         ms.add_dispatcher(Watch())

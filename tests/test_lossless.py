@@ -12,7 +12,7 @@ import pytest
 from msgr_core import Dispatcher, Message, Messenger, Priority
 from msgr_core.errors import ConnectionReset, PeerUnreachable
 
-from .conftest import MakeMessenger
+from .conftest import VIRTUAL_TIME_SCHEMES, MakeMessenger
 
 
 class Sink:
@@ -213,6 +213,7 @@ async def test_oob_overtakes_64_mib_of_queued_traffic(make_messenger: MakeMessen
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
 async def test_oob_payloads_share_one_frame_per_interval(make_messenger: MakeMessenger) -> None:
     a = await make_messenger("a")
     b = await make_messenger("b")
