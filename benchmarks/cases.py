@@ -34,7 +34,7 @@ class Case:
 
 def _msgr_impls(scheme: str) -> bool:
     return available("msgr_core") and available({"tcp": "msgr_tcp", "unix": "msgr_tcp",
-                                                 "loop": "msgr_loopback"}[scheme])
+                                                 "loop": "msgr_loopback", "zmq+tcp": "msgr_zmq"}[scheme])
 
 
 def _policies() -> list[str]:
@@ -51,11 +51,16 @@ def _policies() -> list[str]:
 def _msgr_tcp_jobs(name: str, loop: str, sender: Callable[..., None], receiver: Callable[..., None],
                    metrics: Callable[..., list[tuple[str, str, float, bool]]], params: Mapping[str, object],
                    measured_by: str = "receiver") -> list[Job]:
-    if not _msgr_impls("tcp"):
-        return []
-    return [Job(name, f"msgr-tcp-{policy}", loop, sender, metrics, receiver, measured_by=measured_by,
-                params={**params, "scheme": "tcp", "policy": policy})
-            for policy in _policies()]
+    jobs = []
+    if _msgr_impls("tcp"):
+        jobs += [Job(name, f"msgr-tcp-{policy}", loop, sender, metrics, receiver, measured_by=measured_by,
+                     params={**params, "scheme": "tcp", "policy": policy})
+                 for policy in _policies()]
+    if _msgr_impls("zmq+tcp") and "lossless" in _policies():
+        # msgr over ZeroMQ, lossless: the row issue #4 compares with raw pyzmq
+        jobs.append(Job(name, "msgr-zmq-lossless", loop, sender, metrics, receiver, measured_by=measured_by,
+                        params={**params, "scheme": "zmq+tcp", "policy": "lossless"}))
+    return jobs
 
 
 def _oneway(name: str, size: int, small: bool) -> Callable[[list[str], bool], list[Job]]:

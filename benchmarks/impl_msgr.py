@@ -19,7 +19,8 @@ from typing import Any
 from .common import BATCH, OnewayCounter, async_sender_loop, payload_of, reqrep_client_loop
 from .harness import BenchError, Control, run_async
 
-LISTEN = {"tcp": "tcp://127.0.0.1:0", "unix": "unix://{tmp}/bench-{pid}.sock", "loop": "loop://bench-rx"}
+LISTEN = {"tcp": "tcp://127.0.0.1:0", "unix": "unix://{tmp}/bench-{pid}.sock", "loop": "loop://bench-rx",
+          "zmq+tcp": "zmq+tcp://127.0.0.1:0"}
 
 
 # params["policy"] -> (the dialling side's policy, the accepting side's)

@@ -57,7 +57,12 @@ def _targets() -> list[Target]:
             Target("reqrep-64B-64", "req_per_s", tcp, "grpcio", ">=", 8.0),
         ]
     out.append(Target("oneway-64B", "msgs_per_s", "msgr-loop-lossy", "raw-asyncio"))
-    out.append(Target("oneway-64B", "msgs_per_s", "msgr-tcp-lossless", "msgr-tcp-lossy"))
+    out.append(Target("oneway-64B", "msgs_per_s", "msgr-tcp-lossless", "msgr-tcp-lossy", ">=", 0.85))
+    # issue #4: msgr over ZeroMQ
+    out.append(Target("oneway-64B", "msgs_per_s", "msgr-zmq-lossless", "raw-zmq-asyncio", ">=", 5.0))
+    out.append(Target("oneway-64B", "msgs_per_s", "msgr-zmq-lossless", "raw-pyzmq"))
+    out.append(Target("oneway-16MiB", "throughput", "msgr-zmq-lossless", "raw-pyzmq", ">=", 0.9))
+    out.append(Target("reqrep-64B-1", "p50", "msgr-zmq-lossless", "raw-asyncio"))
     return out
 
 
