@@ -87,7 +87,6 @@ OPEN = "open"
 STANDBY = "standby"
 CLOSED = "closed"
 
-_BYTES_TYPES = (bytes, bytearray, memoryview)
 # Queue accounting charges each message its payload plus this much for the
 # header, so an empty payload still occupies the queue.
 _OVERHEAD = 32
@@ -460,13 +459,19 @@ class Connection:
 
     def _submit(self, mtype: int, verb: str, payload: Any, attachments: Sequence[Buffer],
                 priority: int, cid: int) -> None:
-        if type(payload) in _BYTES_TYPES:
+        tp = type(payload)
+        if tp is bytes or tp is bytearray:
             body = payload
             flags = 0
+            size = len(payload)
+        elif tp is memoryview:
+            body = payload
+            flags = 0
+            size = payload.nbytes
         else:
             body = _packb(payload)
             flags = m.PACKED
-        size = _nbytes(body)
+            size = len(body)
         if attachments:
             for a in attachments:
                 size += _nbytes(a)
