@@ -193,26 +193,13 @@ class Messenger:
             log.warning("extensions did not finish stopping within %g s", timeout)
         except Exception:
             log.exception("an extension failed while stopping")
-        self._accepting = False
-        for lst in self._listeners:
-            await lst.aclose()
-        self._listeners.clear()
+        await self._stop_accepting()
         conns = self.connections
         if conns:
             await asyncio.gather(*(c._close_gracefully(timeout) for c in conns), return_exceptions=True)
-        self._running = False
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
         for conn in list(self._accepted):
             conn._reset("messenger stopped", notify=False)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for t in self._transport_objs.values():
-            await t.aclose()
-        self._transport_objs.clear()
+        await self._release()
 
     async def abort(self) -> None:
         """Stop at once, as if the process died: links are aborted with no
@@ -220,13 +207,20 @@ class Messenger:
         (For tests and fault drills; :meth:`stop` is the graceful way.)"""
         if not self._running:
             return
+        await self._stop_accepting()
+        for conn in self.connections + list(self._accepted):
+            conn._stopping = True
+            conn._reset("messenger aborted", notify=False)
+        await self._release()
+
+    async def _stop_accepting(self) -> None:
         self._accepting = False
         for lst in self._listeners:
             await lst.aclose()
         self._listeners.clear()
-        for conn in self.connections + list(self._accepted):
-            conn._stopping = True
-            conn._reset("messenger aborted", notify=False)
+
+    async def _release(self) -> None:
+        """How every stop ends: timers, tasks and transports go."""
         self._running = False
         if self._keepalive is not None:
             self._keepalive.cancel()
