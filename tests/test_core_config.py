@@ -97,5 +97,6 @@ def test_plugin_section_accepted_when_selected_and_typed() -> None:
 
 
 def test_unknown_extension_is_reported() -> None:
-    with pytest.raises(PluginNotInstalled, match="unknown extension 'gossip'"):
-        Messenger.from_config({"messenger": {"extensions": ["gossip"]}})
+    with pytest.raises(PluginNotInstalled, match="unknown extension 'no-such-extension'") as ei:
+        Messenger.from_config({"messenger": {"extensions": ["no-such-extension"]}})
+    assert ei.value.kind == "extension" and ei.value.distribution is None
