@@ -56,17 +56,31 @@ class Watcher(GossipSubscriber):
         self.name = name
         self.alive: set[str] = set()
 
+    def _add(self, endpoint: str) -> None:
+        if self.sim.watchers.get(self.name) is not self:
+            return  # this node crashed since
+        node = self.sim.nodes.get(endpoint)
+        if endpoint not in self.alive and node is not None and node.running:
+            self.alive.add(endpoint)
+            self.sim.alive_pairs += 1
+
+    def _discard(self, endpoint: str) -> None:
+        if endpoint in self.alive:
+            self.alive.discard(endpoint)
+            if self.sim.watchers.get(self.name) is self:
+                self.sim.alive_pairs -= 1
+
     def on_alive(self, endpoint: str, state: EndpointState) -> None:
-        self.alive.add(endpoint)
+        self._add(endpoint)
         self.sim._changed()
 
     def on_dead(self, endpoint: str, state: EndpointState) -> None:
-        self.alive.discard(endpoint)
+        self._discard(endpoint)
         self.sim.dead_at.setdefault(endpoint, {})[self.name] = self.sim.loop.time()
         self.sim._changed()
 
     def on_restart(self, endpoint: str, state: EndpointState) -> None:
-        self.alive.discard(endpoint)  # alive again after its echo
+        self._discard(endpoint)  # alive again after its echo
         self.sim.restarts.setdefault(endpoint, set()).add(self.name)
         self.sim._changed()
 
@@ -87,6 +101,8 @@ class Cluster:
     seen: dict[Any, dict[str, float]] = field(default_factory=dict)
     dead_at: dict[str, dict[str, float]] = field(default_factory=dict)
     restarts: dict[str, set[str]] = field(default_factory=dict)
+    alive_pairs: int = 0
+    running: int = 0
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     plugins: PluginSet | None = None
     _cond: asyncio.Event = field(default_factory=asyncio.Event)
@@ -111,8 +127,10 @@ class Cluster:
         return [n for n, ms in self.nodes.items() if ms.running]
 
     def all_alive(self) -> bool:
-        names = set(self.live_names())
-        return all(self.watchers[n].alive >= names - {n} for n in names)
+        """Every running node sees every other running node alive (O(1):
+        the watchers keep a count of alive pairs among running nodes)."""
+        n = self.running
+        return self.alive_pairs == n * (n - 1)
 
     async def start_node(self, name: str) -> Messenger:
         """Start (or restart, after :meth:`crash`) node ``name``."""
@@ -120,6 +138,10 @@ class Cluster:
         ms = Messenger(_config(self.configs[name]), plugins=self.plugins)
         await ms.start()
         self.nodes[name] = ms
+        self.running += 1
+        old = self.watchers.get(name)
+        if old is not None:
+            self.alive_pairs -= len(old.alive)
         watcher = self.watchers[name] = Watcher(self, name)
         self.gossiper(name).subscribe(watcher)
         return ms
@@ -128,6 +150,21 @@ class Cluster:
         """Kill node ``name`` as a crash would (no goodbye)."""
         self.network.kill_node(name)
         await self.nodes[name].abort()
+        self._gone(name)
+
+    def _gone(self, name: str) -> None:
+        """``name`` stopped running: drop its pairs from the count."""
+        self.running -= 1
+        watcher = self.watchers[name]
+        self.alive_pairs -= len(watcher.alive)
+        watcher.alive = set()
+        for w in self.watchers.values():
+            w._discard(name)
+
+    async def graceful_stop(self, name: str) -> None:
+        """Stop node ``name`` gracefully (peers hear ``gossip.shutdown``)."""
+        await self.nodes[name].stop()
+        self._gone(name)
 
     async def stop(self) -> None:
         for ms in self.nodes.values():
@@ -152,7 +189,7 @@ async def make_cluster(nodes: int, seeds: int = 1, *, interval: float = 1.0, fan
     net_name = f"gossip-sim-{next(_net_ids)}"
     net = get_network(net_name)
     net.reseed(rng_seed)
-    net.set_delay(None, None, delay, jitter=delay)
+    net.set_delay(None, None, delay)
     cluster = Cluster(loop, net, plugins=PluginSet())
     seed_addrs = [f"loop://n{i}" for i in range(seeds)]
     for i in range(nodes):
@@ -160,6 +197,9 @@ async def make_cluster(nodes: int, seeds: int = 1, *, interval: float = 1.0, fan
         cfg: dict[str, Any] = {
             "messenger": {"name": name, "listen": [f"loop://{name}"], "extensions": ["gossip"]},
             "loop": {"network": net_name},
+            # gossip keeps a session to every peer it ever talked to; idle-link
+            # keepalives over all of them would dominate a simulation's CPU
+            "session": {"keepalive_interval": 60.0, "keepalive_timeout": 300.0},
             "gossip": {"seeds": seed_addrs, "interval": interval, "fanout": fanout,
                        "phi_convict_threshold": threshold, "seed": rng_seed},
         }
@@ -273,12 +313,16 @@ def run(nodes: int, seeds: int = 1, **kwargs: Any) -> SimResult:
     import looptime
 
     # a crashed node makes every SYN to it undeliverable: not news in a simulation
-    logging.getLogger("msgr").setLevel(logging.ERROR)
+    msgr_log = logging.getLogger("msgr")
+    level = msgr_log.level
+    msgr_log.setLevel(logging.ERROR)
+    # noop_cycles=1: loop:// does no I/O, so time may jump as soon as the loop is idle
     loop = looptime.new_event_loop(start=0.0, noop_cycles=1)
     try:
         return loop.run_until_complete(simulate(nodes, seeds, **kwargs))
     finally:
         loop.close()
+        msgr_log.setLevel(level)
 
 
 def format_table(results: list[SimResult]) -> str:

@@ -39,7 +39,7 @@ async def test_new_application_state_reaches_everyone(cluster: MakeCluster) -> N
         assert st.get("sim") == c.gossiper("n0").local.get("sim")
 
 
-async def test_crash_is_convicted_by_every_live_node_in_about_18_to_20_rounds(cluster: MakeCluster) -> None:
+async def test_crash_is_convicted_by_every_live_node_after_about_20_rounds(cluster: MakeCluster) -> None:
     c = await cluster(30, seeds=2)
     await c.wait(c.all_alive, 60)
     await asyncio.sleep(60)  # a minute of heartbeats: the windows hold real samples, not the initial guess
@@ -48,8 +48,10 @@ async def test_crash_is_convicted_by_every_live_node_in_about_18_to_20_rounds(cl
     await c.crash("n17")
     await c.wait(lambda: len(c.dead_at.get("n17", {})) == 29, 60)
     took = [t - t0 for t in c.dead_at["n17"].values()]
-    assert min(took) >= 15.0 and max(took) <= 26.0, took
-    assert 17.0 <= statistics.fmean(took) <= 22.0, took
+    # phi 8 = 18.4 mean heartbeat intervals after the last heartbeat a node
+    # heard, which lags the crash by up to a few rounds of dissemination
+    assert min(took) >= 17.0 and max(took) <= 30.0, took
+    assert 18.4 <= statistics.fmean(took) <= 25.0, took
     await asyncio.sleep(0)  # the view is installed off the round
     for name in c.live_names():
         view = c.nodes[name].view
@@ -132,7 +134,7 @@ async def test_graceful_stop_is_marked_down_at_once(cluster: MakeCluster) -> Non
     await c.wait(c.all_alive, 30)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await c.nodes["n5"].stop()
+    await c.graceful_stop("n5")
     await c.wait(lambda: len(c.dead_at.get("n5", {})) == 7, 30)
     assert max(c.dead_at["n5"].values()) - t0 < 0.1
     for name in c.live_names():
