@@ -57,3 +57,34 @@ async def test_hb_real_sockets_detect_and_recover(make_node: Any, events: Any, s
     t_rec = await ev.next("recovered", "b", guard=10)
     assert t_rec - restarted <= 0.2 + 3 * INTERVAL + SLACK
     assert ha.stats()["detections"] == 1 and ha.stats()["recoveries"] == 1
+
+
+async def test_hb_tcp_receiver_that_stops_reading_is_failed_while_a_separate_link_answers(
+        make_node: Any, events: Any) -> None:
+    """The Ceph point over real TCP: b's process lives and keeps a separate
+    heartbeat connection (b-hb) healthy, but stops reading the socket of
+    its data connection.  The heartbeat that rides the data connection
+    fails b; the one on the separate connection would never have noticed."""
+    settings = {"interval": INTERVAL, "grace": GRACE}
+    b = await make_node("b", listen="tcp://127.0.0.1:0", heartbeat=settings)
+    b_hb = await make_node("b-hb", listen="tcp://127.0.0.1:0", heartbeat=settings)
+    a = await make_node("a", listen="tcp://127.0.0.1:0",
+                        heartbeat={**settings, "watch": [b.addresses[0], b_hb.addresses[0]]})
+    ev = events(a)
+    ha = a.extensions["heartbeat"]
+    for peer in (b, b_hb):
+        await a.send_message("msgr.ping", peer.addresses[0], b"", timeout=10)
+    loop = asyncio.get_running_loop()
+    data_link = b.get_connection("a").link
+    assert data_link is not None
+    blocked = loop.time()
+    data_link.pause_reading()  # b's data path is blocked; b itself lives on
+    t_failed = await ev.next("failed", "b", guard=10)
+    assert t_failed - blocked <= GRACE + INTERVAL + SLACK
+    # the separate heartbeat connection to the same "process" kept answering
+    assert await a.send_message("msgr.ping", "b-hb", b"alive", timeout=5) == b"alive"
+    assert ev.of("failed", "b-hb") == []
+    hb_state = ha.peer("b-hb")
+    assert hb_state is not None and not hb_state.failed and hb_state.rtt is not None
+    data_link.resume_reading()
+    await ev.next("recovered", "b", guard=10)
