@@ -203,3 +203,20 @@ def test_endpoint_state_wire() -> None:
     ep.states = {"STATUS": ("normal", 1), "X": (1, 4)}
     assert ep.wire(0) == ["a", 5, 3, [["STATUS", "normal", 1], ["X", 1, 4]]]
     assert ep.wire(3) == ["a", 5, 3, [["X", 1, 4]]]
+
+
+async def test_no_conviction_right_after_a_local_pause(cluster: MakeCluster) -> None:
+    c = await cluster(5, seeds=1)
+    await c.wait(c.all_alive, 30)
+    g = c.gossiper("n2")
+    # n2 "freezes" for 60 s: no rounds, and nothing it is sent gets read
+    assert g._timer is not None
+    g._timer.cancel()
+    c.network.stall("n2")
+    await asyncio.sleep(60)
+    assert all(g.phi(n) > g.threshold for n in ("n0", "n1", "n3", "n4")), [g.phi(n) for n in g.live]
+    c.network.unstall("n2")
+    g._round()  # the first round after the pause sees stale heartbeats...
+    assert g.live == {"n0", "n1", "n3", "n4"}  # ...and convicts no one
+    await asyncio.sleep(10)
+    assert g.live == {"n0", "n1", "n3", "n4"} and "n2" not in c.dead_at.get("n0", {})
