@@ -87,6 +87,8 @@ OPEN = "open"
 STANDBY = "standby"
 CLOSED = "closed"
 
+# Handler results that are certainly not awaitable (skips the slow ABC check).
+_PLAIN = frozenset({bytes, bytearray, memoryview, str, int, float, bool, dict, list, tuple, Reply})
 # Queue accounting charges each message its payload plus this much for the
 # header, so an empty payload still occupies the queue.
 _OVERHEAD = 32
@@ -228,7 +230,10 @@ class Connection:
         self._space_waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._state_waiters: list[asyncio.Future[None]] = []
-        self._pending: dict[int, tuple[asyncio.Future[Message], str, asyncio.TimerHandle | None]] = {}
+        # cid -> (future, verb, deadline, timeout)
+        self._pending: dict[int, tuple[asyncio.Future[Message], str, float, float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf
         self._next_cid = 1
         # sequencing (lossless): _unacked holds the sent frames in seq order
         self._out_seq = 0
@@ -367,8 +372,12 @@ class Connection:
         fut: asyncio.Future[Message] = self._loop.create_future()
         if timeout is None:
             timeout = self._ms.config["limits"]["request_timeout"]
-        timer = self._loop.call_later(timeout, self._expire, cid, timeout) if timeout else None
-        self._pending[cid] = (fut, verb, timer)
+        # One timer per connection, at the earliest deadline (not one per
+        # request): most requests are answered long before it fires.
+        deadline = self._loop.time() + timeout if timeout else math.inf
+        self._pending[cid] = (fut, verb, deadline, timeout)
+        if deadline < self._expiry_at:
+            self._arm_expiry(deadline)
         try:
             while True:
                 try:
@@ -378,8 +387,6 @@ class Connection:
                     await self._wait_for_space()
         except BaseException:
             self._pending.pop(cid, None)
-            if timer:
-                timer.cancel()
             raise
         return await fut
 
@@ -597,10 +604,27 @@ class Connection:
         if self._queued_bytes and self._recheck is None:
             self._pump()
 
-    def _expire(self, cid: int, timeout: float) -> None:
-        entry = self._pending.pop(cid, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(RequestTimeout(entry[1], self._who(), timeout))
+    def _arm_expiry(self, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = when
+        self._expiry = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the requests whose deadline passed; re-arm for the next."""
+        self._expiry = None
+        self._expiry_at = math.inf
+        now = self._loop.time()
+        nearest = math.inf
+        for cid, (fut, verb, deadline, timeout) in list(self._pending.items()):
+            if deadline <= now:
+                del self._pending[cid]
+                if not fut.done():
+                    fut.set_exception(RequestTimeout(verb, self._who(), timeout))
+            elif deadline < nearest:
+                nearest = deadline
+        if nearest < math.inf:
+            self._arm_expiry(nearest)
 
     # -- acknowledgements ------------------------------------------------------
 
@@ -798,7 +822,7 @@ class Connection:
             self.handler_errors += 1
             log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
             return
-        if result is not None and inspect.isawaitable(result):
+        if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
             self._ms._spawn(self._run_oneway(verb, result))
 
     async def _run_oneway(self, verb: str, aw: Awaitable[Any]) -> None:
@@ -828,7 +852,7 @@ class Connection:
         except Exception as exc:
             self._handler_failed(cid, verb, exc)
             return
-        if result is not None and inspect.isawaitable(result):
+        if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
             self._ms._spawn(self._run_request(cid, verb, priority, result))
         else:
             self._reply(cid, verb, priority, result)
@@ -872,9 +896,7 @@ class Connection:
         entry = self._pending.pop(cid, None)
         if entry is None:
             return  # a reply that arrived after its request timed out
-        fut, verb, timer = entry
-        if timer is not None:
-            timer.cancel()
+        fut, verb = entry[0], entry[1]
         if fut.done():
             return
         if mtype == m.REP:
@@ -1163,9 +1185,10 @@ class Connection:
         self._queued_bytes = 0
         self._undeliverable(lost, reason)
         pending, self._pending = self._pending, {}
-        for fut, _verb, timer in pending.values():
-            if timer is not None:
-                timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry, self._expiry_at = None, math.inf
+        for fut, _verb, _deadline, _timeout in pending.values():
             if not fut.done():
                 fut.set_exception(exc_factory())
         for w in self._space_waiters + self._drain_waiters:

@@ -324,3 +324,33 @@ async def test_unclaimed_oneway_goes_to_dispatch(make_messenger: MakeMessenger) 
     a.get_connection(b.addresses[0]).send_nowait("other", b"")
     await asyncio.wait_for(seen.wait(), 5)
     assert b.get_connection("a").stats["unhandled"] == 1
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scheme", ["loop"])
+async def test_each_request_times_out_at_its_own_deadline(make_messenger: MakeMessenger) -> None:
+    a = await make_messenger("a")
+    b = await make_messenger("b")
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def hang(msg: Message) -> None:
+        await never
+
+    b.register_handler("hang", hang)
+    b.register_handler("fast", lambda msg: msg.payload)
+    conn = a.get_connection(b.addresses[0])
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def timed(timeout: float) -> float:
+        with pytest.raises(RequestTimeout):
+            await conn.request("hang", b"", timeout=timeout)
+        return loop.time() - t0
+
+    # a later, shorter deadline and an answered request share the one timer
+    slow = asyncio.ensure_future(timed(9.0))
+    quick = asyncio.ensure_future(timed(3.0))
+    assert (await conn.request("fast", b"ok", timeout=1.0)).payload == b"ok"
+    assert await quick == pytest.approx(3.0, abs=0.1)
+    assert await slow == pytest.approx(9.0, abs=0.1)
+    assert conn.stats["pending_requests"] == 0
