@@ -43,6 +43,7 @@ Config section ``[gossip]`` (see :data:`msgr_gossip.gossiper.DEFAULTS`):
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TYPE_CHECKING, Any
 
 import msgr_core
@@ -52,6 +53,7 @@ from .gossiper import ADDRS, DEFAULTS, LOAD, STATUS, EndpointState, Gossiper, Go
 
 if TYPE_CHECKING:
     from msgr_core import Messenger
+    from msgr_core.connection import Connection
 
 __version__ = "0.1.0"
 
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 SECTION = "gossip"
+_log = logging.getLogger("msgr.messenger")
 
 
 def get_gossiper(messenger: Messenger) -> Gossiper:
@@ -100,6 +103,18 @@ async def msgr_messenger_stopping(messenger: Messenger) -> None:
     gossiper = messenger.extensions.get(SECTION)
     if isinstance(gossiper, Gossiper):
         await gossiper.stop()
+
+
+@msgr_core.hookimpl
+def msgr_undeliverable(conn: Connection, messages: list[tuple[str, Any]], reason: str) -> None:
+    """SYNs to a dead node are expected to fail (at debug level); anything
+    else is logged as the core would without this hook."""
+    others = sum(1 for verb, _payload in messages if not verb.startswith("gossip."))
+    if others:
+        _log.warning("%d message(s) to %s undeliverable: %s", others, conn.peer_name or conn.address, reason)
+    if len(messages) > others:
+        _log.debug("%d gossip message(s) to %s undeliverable: %s", len(messages) - others,
+                   conn.peer_name or conn.address, reason)
 
 
 @msgr_core.hookimpl
