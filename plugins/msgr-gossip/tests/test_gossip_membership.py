@@ -74,11 +74,11 @@ async def test_restart_is_detected_as_a_restart(cluster: MakeCluster) -> None:
     assert "n4" not in c.dead_at  # restarted before phi convicted it: a restart, not a death
 
 
-async def test_partition_marks_each_side_down_and_heals(cluster: MakeCluster) -> None:
-    c = await cluster(40, seeds=2)  # n0 on one side, n1 on the other
+async def test_partition_of_100_nodes_marks_each_side_down_and_heals(cluster: MakeCluster) -> None:
+    c = await cluster(100, seeds=2)  # n0 on one side, n1 on the other
     await c.wait(c.all_alive, 60)
-    side_a = [f"n{i}" for i in range(0, 40, 2)]
-    side_b = [f"n{i}" for i in range(1, 40, 2)]
+    side_a = [f"n{i}" for i in range(0, 100, 2)]
+    side_b = [f"n{i}" for i in range(1, 100, 2)]
     c.network.partition(side_a, side_b)
 
     def split() -> bool:
