@@ -671,7 +671,9 @@ class Connection:
             self._timer = self._loop.call_later(timeout, self._handshake_timeout)
 
     def _link_lost(self, port: _Port, exc: BaseException | None) -> None:
-        if isinstance(exc, ProtocolError | FrameTooLarge):
+        if isinstance(exc, ProtocolError | FrameTooLarge) or (exc is not None and self.state == ACCEPTING):
+            # bad input, or a connection that broke before saying who it is
+            # (a truncated frame, a reset): worth a line and a count
             log.warning("closing link with %s: %s: %s", self._who(), type(exc).__name__, exc)
             self._ms._count_error(type(exc).__name__)
         if port is not self._port:
