@@ -6,7 +6,7 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from . import impl_grpc, impl_memcpy, impl_msgr, impl_raw, impl_zmq, scale
+from . import impl_grpc, impl_memcpy, impl_msgr, impl_raw, impl_zmq, scale, stuck
 from .common import oneway_metrics, reqrep_metrics
 from .harness import Job
 
@@ -114,4 +114,5 @@ CASES: list[Case] = [
     Case("oneway-1MiB", "one-way 1 MiB messages, one connection", _oneway("oneway-1MiB", MiB, small=False)),
     Case("oneway-16MiB", "one-way 16 MiB messages, one connection", _oneway("oneway-16MiB", 16 * MiB, small=False)),
     Case("scale", "1 -> 1000 connections to one messenger: idle memory and throughput", scale.build),
+    Case("stuck-peer", "3 receivers' throughput while a 4th is healthy / SIGSTOPped", stuck.build),
 ]

@@ -58,6 +58,8 @@ def _targets() -> list[Target]:
         ]
     out.append(Target("oneway-64B", "msgs_per_s", "msgr-loop-lossy", "raw-asyncio"))
     out.append(Target("oneway-64B", "msgs_per_s", "msgr-tcp-lossless", "msgr-tcp-lossy", ">=", 0.85))
+    # issue #3: a stopped receiver must not slow the others
+    out.append(Target("stuck-peer", "msgs_per_s", "msgr-tcp-4th-stopped", "msgr-tcp-4th-healthy", ">=", 0.9))
     # issue #4: msgr over ZeroMQ
     out.append(Target("oneway-64B", "msgs_per_s", "msgr-zmq-lossless", "raw-zmq-asyncio", ">=", 5.0))
     out.append(Target("oneway-64B", "msgs_per_s", "msgr-zmq-lossless", "raw-pyzmq"))
