@@ -40,7 +40,7 @@ _SEG2 = struct.Struct("!IHII")
 _U32 = struct.Struct("!I")
 _HEAD_SIZE = _HEAD.size
 _SEG2_SIZE = _SEG2.size
-_INITIAL_BUFFER = 16 * 1024
+_INITIAL_BUFFER = 4 * 1024
 
 
 def _nbytes(b: Buffer) -> int:
