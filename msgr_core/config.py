@@ -147,6 +147,10 @@ class Config:
 
     # -- plugin sections ----------------------------------------------------
 
+    def has_section(self, section: str) -> bool:
+        """Whether ``section`` is declared (by the core or a loaded plugin)."""
+        return section in self._declared
+
     def declare(self, section: str, defaults: Mapping[str, Any], owner: str) -> None:
         """Check section ``section`` against a plugin's declared ``defaults``.
 

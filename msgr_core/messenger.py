@@ -88,7 +88,7 @@ class Messenger:
         self.transports = TransportRegistry(self.plugins)
         for scheme in config.transports:
             cls = self.transports.get(scheme)
-            if cls.config_section and cls.config_section not in config._declared:
+            if cls.config_section and not config.has_section(cls.config_section):
                 config.declare(cls.config_section, cls.config_defaults, owner=cls.distribution or scheme)
         for sections in self.plugins.hook.msgr_config_sections():
             for section, defaults in sections.items():
@@ -368,8 +368,7 @@ class Messenger:
             address = self._choose_address(peer, addrs)
             peer_type = self._known_types.get(peer, "")
         pol = get_policy(_CLIENT_SIDE.get(p := policy or self.config.policy_for(peer_type), p))
-        split_address(address)  # raises UnsupportedAddress early
-        self._transport(split_address(address)[0])  # raises PluginNotInstalled early
+        self._transport(split_address(address)[0])  # bad address / missing plugin: raise now
         conn = Connection(self, outgoing=True, address=address, policy=pol)
         self._by_addr[address] = conn
         if not by_address:
