@@ -1,0 +1,155 @@
+"""msgr-plumtree: epidemic broadcast trees (Plumtree) over msgr.
+
+Enable it with ``extensions = ["plumtree"]`` in ``[messenger]``; the
+broadcast server of each messenger is ``messenger.extensions["plumtree"]``
+(a :class:`Plumtree`).
+
+Membership comes from the installed view (``msgr_view_changed``) and from
+failure detectors (``msgr_peer_failed`` / ``msgr_peer_recovered``), never
+by importing gossip or heartbeat.  Every protocol message is a oneway verb
+over the messenger (see :mod:`msgr_plumtree.plumtree`).
+
+Options
+-------
+
+Config section ``[plumtree]``:
+
+``lazy_tick_period`` (float, default ``1.0``)
+    Seconds between flushes of the outstanding ``i_have`` lazy pushes
+    (resent every tick until acknowledged).
+``exchange_tick_period`` (float, default ``10.0``)
+    Seconds between anti-entropy exchanges with a random member.
+``max_exchanges`` (int, default ``1``)
+    Exchanges running at once at most.
+``graft_mode`` (str, default ``"partisan"``)
+    ``"partisan"``: graft at once on an ``i_have`` for a missing message
+    (riak_core / Partisan); ``"paper"``: wait ``graft_timeout``, graft from
+    the first announcer, then the next one every ``graft_retry_timeout``.
+``graft_timeout`` (float, default ``0.5``)
+    Paper mode's first timer (choose it from the overlay's diameter times
+    the per-hop latency, plus the target recovery latency).
+``graft_retry_timeout`` (float, default ``0.25``)
+    Paper mode's second timer (about one round trip).
+``peer_sampling`` (str, default ``"view"``)
+    ``"view"``: full membership from the view.  (``"hyparview"`` is not
+    implemented yet and is refused.)
+``tree`` (str, default ``"per_root"``)
+    ``"per_root"``: a broadcast tree per sender, each built by its first
+    broadcasts (riak_core, Partisan); ``"shared"``: one tree for every
+    sender (the paper): a new sender costs no redundancy, but its messages
+    may travel longer paths.
+``seed`` (int, default ``0``)
+    Seeds the initial overlay (the same on every node) and the choice of
+    exchange peers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgr_core
+from msgr_core.errors import ConfigError
+
+from .log import MessageLog
+from .plumtree import STALE, BroadcastHandler, Plumtree, initial_counts, overlay
+
+if TYPE_CHECKING:
+    from msgr_core import Messenger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULTS",
+    "EXTENSION",
+    "STALE",
+    "BroadcastHandler",
+    "MessageLog",
+    "Plumtree",
+    "__version__",
+    "initial_counts",
+    "msgr_config_sections",
+    "msgr_messenger_started",
+    "msgr_messenger_stopping",
+    "msgr_peer_failed",
+    "msgr_peer_recovered",
+    "msgr_view_changed",
+    "overlay",
+]
+
+#: The name of the extension (entry point, config section, ``messenger.extensions`` key).
+EXTENSION = "plumtree"
+
+#: The ``[plumtree]`` section's keys and defaults.
+DEFAULTS: dict[str, Any] = {
+    "lazy_tick_period": 1.0,
+    "exchange_tick_period": 10.0,
+    "max_exchanges": 1,
+    "graft_mode": "partisan",
+    "graft_timeout": 0.5,
+    "graft_retry_timeout": 0.25,
+    "peer_sampling": "view",
+    "seed": 0,
+    "tree": "per_root",
+}
+
+
+@msgr_core.hookimpl
+def msgr_config_sections() -> dict[str, dict[str, Any]]:
+    """Declare ``[plumtree]``."""
+    return {EXTENSION: dict(DEFAULTS)}
+
+
+def _get(messenger: Messenger) -> Plumtree | None:
+    pt = messenger.extensions.get(EXTENSION)
+    return pt if isinstance(pt, Plumtree) else None
+
+
+@msgr_core.hookimpl
+def msgr_messenger_started(messenger: Messenger) -> None:
+    """Start this messenger's :class:`Plumtree` (``messenger.extensions["plumtree"]``).
+
+    :raises ConfigError: a ``[plumtree]`` value is out of range, or
+        ``peer_sampling`` is not ``"view"``.
+    """
+    cfg = messenger.config[EXTENSION]
+    if cfg["peer_sampling"] != "view":
+        raise ConfigError("plumtree.peer_sampling", cfg["peer_sampling"],
+                          '"view" (HyParView is not implemented yet)')
+    pt = Plumtree(messenger, lazy_tick_period=cfg["lazy_tick_period"],
+                  exchange_tick_period=cfg["exchange_tick_period"], graft_mode=cfg["graft_mode"],
+                  graft_timeout=cfg["graft_timeout"], graft_retry_timeout=cfg["graft_retry_timeout"],
+                  max_exchanges=cfg["max_exchanges"], seed=cfg["seed"], tree=cfg["tree"])
+    messenger.extensions[EXTENSION] = pt
+    pt.start()
+
+
+@msgr_core.hookimpl
+def msgr_messenger_stopping(messenger: Messenger) -> None:
+    """Stop the ticks, timers and exchanges."""
+    pt = _get(messenger)
+    if pt is not None:
+        pt.close()
+
+
+@msgr_core.hookimpl
+def msgr_view_changed(messenger: Messenger, members: frozenset[str]) -> None:
+    """A new view: :meth:`Plumtree.update`."""
+    pt = _get(messenger)
+    if pt is not None:
+        pt.update(members)
+
+
+@msgr_core.hookimpl
+def msgr_peer_failed(messenger: Messenger, peer: str, reason: str) -> None:
+    """A failure detector failed ``peer``: :meth:`Plumtree.neighbor_down`."""
+    pt = _get(messenger)
+    if pt is not None:
+        pt.neighbor_down(peer)
+
+
+@msgr_core.hookimpl
+def msgr_peer_recovered(messenger: Messenger, peer: str) -> None:
+    """``peer`` is back: :meth:`Plumtree.neighbor_up`."""
+    pt = _get(messenger)
+    if pt is not None:
+        pt.neighbor_up(peer)
