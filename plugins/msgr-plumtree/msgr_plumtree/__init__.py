@@ -54,6 +54,8 @@ from .log import MessageLog
 from .plumtree import STALE, BroadcastHandler, Plumtree, initial_counts, overlay
 
 if TYPE_CHECKING:
+    import argparse
+
     from msgr_core import Messenger
 
 __version__ = "0.1.0"
@@ -67,6 +69,7 @@ __all__ = [
     "Plumtree",
     "__version__",
     "initial_counts",
+    "msgr_cli_commands",
     "msgr_config_sections",
     "msgr_messenger_started",
     "msgr_messenger_stopping",
@@ -102,6 +105,14 @@ def msgr_config_sections() -> dict[str, dict[str, Any]]:
 def _get(messenger: Messenger) -> Plumtree | None:
     pt = messenger.extensions.get(EXTENSION)
     return pt if isinstance(pt, Plumtree) else None
+
+
+@msgr_core.hookimpl
+def msgr_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``msgr sim plumtree``."""
+    from .cli import add_commands
+
+    add_commands(subparsers)
 
 
 @msgr_core.hookimpl
