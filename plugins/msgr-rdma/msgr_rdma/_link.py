@@ -7,7 +7,9 @@ receive buffers (``buffer_size`` bytes each), starting with ::
     u8 type | u8 flags | u16 credits returned
 
 ``DATA`` (1)
-    a piece of a frame sent through receive buffers.  Flags ``FIRST`` /
+    frames sent through receive buffers: with flags ``FIRST | LAST``, one
+    or more whole frames back to back (small frames queued together share
+    one SEND); otherwise a piece of one frame.  Flags ``FIRST`` /
     ``LAST`` bound a frame's pieces; the pieces' bytes, joined, are
     ``u32 total | u16 nseg | u32 length * nseg | payload``.  A frame that
     fits one buffer is one message; larger ones (below the rendezvous
@@ -270,7 +272,7 @@ class RdmaLink(Link):
         pos = base + _HDR_SIZE
         for b in body:
             n = _nbytes(b)
-            view[pos : pos + n] = b
+            view[pos : pos + n] = b if type(b) is not memoryview or b.format == "B" else b.cast("B")
             pos += n
         self.credits -= 1
         if closing:
@@ -293,10 +295,14 @@ class RdmaLink(Link):
                 continue
             if not self._frames:
                 break
-            frame, size = self._frames.popleft()
+            frame, size = self._frames[0]
             if size >= self._p.rendezvous_threshold:
+                self._frames.popleft()
                 self._send_rts(frame, size)
+            elif _PREFIX.size + 4 * len(frame) + size <= self._piece:
+                self._send_batch()
             else:
+                self._frames.popleft()
                 lengths = [_nbytes(b) for b in frame]
                 stream = bytearray(_PREFIX.pack(size, len(frame)))
                 stream += struct.pack(f"!{len(lengths)}I", *lengths)
@@ -328,6 +334,28 @@ class RdmaLink(Link):
             self._answer_reserve = False
             self._post(CREDIT, [])
 
+    def _send_batch(self) -> None:
+        """One SEND carrying as many whole small frames as fit."""
+        frames = self._frames
+        room = self._piece
+        body: list[Buffer] = []
+        threshold = self._p.rendezvous_threshold
+        while frames:
+            frame, size = frames[0]
+            nseg = len(frame)
+            need = _PREFIX.size + 4 * nseg + size
+            if need > room or size >= threshold:
+                break
+            frames.popleft()
+            room -= need
+            self._queued -= size
+            if nseg == 1:
+                body.append(_PREFIX.pack(size, 1) + _U32.pack(size))
+            else:
+                body.append(_PREFIX.pack(size, nseg) + struct.pack(f"!{nseg}I", *[_nbytes(b) for b in frame]))
+            body.extend(frame)
+        self._post(DATA, body, flags=FIRST | LAST)
+
     def _send_piece(self) -> None:
         cur = self._cur
         if cur is None:
@@ -347,7 +375,7 @@ class RdmaLink(Link):
         lengths = []
         for b in frame:
             n = _nbytes(b)
-            view[pos : pos + n] = b
+            view[pos : pos + n] = b if type(b) is not memoryview or b.format == "B" else b.cast("B")
             pos += n
             lengths.append(n)
         struct.pack_into(f"!{nseg}I", view, 0, *lengths)
@@ -469,10 +497,22 @@ class RdmaLink(Link):
                 raise ProtocolError(f"frame with {nseg} segments", peer=self.peer_address)
             stream_len = _PREFIX.size + 4 * nseg + total
             if flags & LAST:
-                if len(msg) != stream_len:
-                    raise ProtocolError("frame length disagrees with its header", peer=self.peer_address)
-                self._deliver_stream(msg, nseg, total)
-                return
+                # one or more whole frames, back to back
+                pos, end = 0, len(msg)
+                while True:
+                    if pos + stream_len > end:
+                        raise ProtocolError("frame length disagrees with its header", peer=self.peer_address)
+                    self._deliver_stream(msg[pos : pos + stream_len], nseg, total)
+                    pos += stream_len
+                    if pos == end:
+                        return
+                    if end - pos < _PREFIX.size:
+                        raise ProtocolError("truncated frame in a batch", peer=self.peer_address)
+                    total, nseg = _PREFIX.unpack_from(msg, pos)
+                    self._check_total(total)
+                    if nseg == 0 or nseg > MAX_SEGMENTS:
+                        raise ProtocolError(f"frame with {nseg} segments", peer=self.peer_address)
+                    stream_len = _PREFIX.size + 4 * nseg + total
             self._asm = bytearray(stream_len)
             self._asm_fill = 0
         asm = self._asm

@@ -241,8 +241,9 @@ class VerbsContext(abc.ABC):
 # -- the pyverbs backend --------------------------------------------------------
 
 
-def list_verbs_devices() -> list[str]:
-    """Names of the RDMA devices pyverbs sees.
+def list_verbs_devices(wanted: str = "") -> list[str]:
+    """Names of the RDMA devices pyverbs sees (``wanted``: the device the
+    caller is after, named in the error).
 
     :raises NoRdmaDevice: pyverbs is missing or the device list cannot be
         read (no kernel RDMA support: ``ENOSYS``).
@@ -251,11 +252,11 @@ def list_verbs_devices() -> list[str]:
         from pyverbs import device as pv_device  # type: ignore[import-untyped]
         from pyverbs.pyverbs_error import PyverbsError  # type: ignore[import-untyped]
     except ImportError as exc:
-        raise NoRdmaDevice("", f"pyverbs is not importable ({exc}); pip install msgr-rdma installs it") from None
+        raise NoRdmaDevice(wanted, f"pyverbs is not importable ({exc}); pip install msgr-rdma installs it") from None
     try:
         devices = pv_device.get_device_list()
     except PyverbsError as exc:
-        raise NoRdmaDevice("", f"pyverbs: {exc}") from None
+        raise NoRdmaDevice(wanted, f"pyverbs: {exc}") from None
     return [d.name.decode() if isinstance(d.name, bytes) else str(d.name) for d in devices]
 
 
@@ -265,7 +266,7 @@ def open_verbs_device(name: str = "") -> VerbsContext:
     :raises NoRdmaDevice: no such device, or no RDMA support at all, with
         how to set up Soft-RoCE.
     """
-    names = list_verbs_devices()
+    names = list_verbs_devices(name)
     if not names:
         raise NoRdmaDevice(name, "the device list is empty")
     if name and name not in names:
