@@ -27,13 +27,17 @@ receive buffers (``buffer_size`` bytes each), starting with ::
 ``CLOSE`` (5)
     orderly close: nothing follows; answered by a ``CLOSE``.
 
-Credits: each side posts ``recv_count`` receive buffers and grants the peer
-that many credits; a message costs one, and a receive buffer is reposted
-before its credit goes back (piggybacked on every message, or in a
-``CREDIT`` once half are owed).  So a SEND always finds a receive posted:
-no RNR, ever.  The last credit is kept for ``CREDIT`` messages (flag
-``RESERVE`` when one spends it, and the peer answers at once), so two
-sides that both ran out still return credits to each other.
+Credits: each side posts ``recv_count + EXTRA_RECVS`` receive buffers and
+grants the peer ``recv_count`` credits.  ``DATA``, ``RTS`` and ``FIN`` cost
+one; a receive buffer is reposted before its credit goes back, piggybacked
+on every message, or in a ``CREDIT`` once ``ceil(recv_count / 2)`` are
+owed.  ``CREDIT`` and ``CLOSE`` cost none and are never owed back (so credit
+returns cannot ping-pong, and a side out of credits can still return
+them); they land in the extra buffers: a side sends a ``CREDIT`` only
+after ``ceil(recv_count / 2)`` credit-costing messages from its peer, and
+the peer can only have sent those with credits it got from messages it
+already processed, so at most 2 ``CREDIT`` messages are ever unprocessed, plus
+one ``CLOSE``.  So every SEND finds a receive posted: no RNR, ever.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ from .verbs import Access, CompletionQueue, MemoryRegion, QueuePair, VerbsContex
 __all__ = ["LinkParams", "RdmaLink", "RdmaLinkBroken"]
 
 DATA, RTS, FIN, CREDIT, CLOSE = 1, 2, 3, 4, 5
-FIRST, LAST, RESERVE = 1, 2, 0x80
+FIRST, LAST = 1, 2
+#: receive buffers posted beyond the credits: 2 for CREDIT messages, 1 for CLOSE
+EXTRA_RECVS = 3
 MAX_SEGMENTS = 1024
 
 _HDR = struct.Struct("!BBH")
@@ -162,9 +168,10 @@ class RdmaLink(Link):
         self._handler: LinkHandler | None = None
         self._recv_mr = recv_mr
         self._piece = min(params.buffer_size, peer_buffer_size) - _HDR_SIZE
-        # send slots: twice the credits, so completions lagging behind credit
+        # send slots: twice the credits (+ credit-free messages), so completions lagging behind credit
         # returns never stall sending
-        self._nslots = 2 * peer_credits
+        # (bounded by our own recv_count too: the CQ was sized from it)
+        self._nslots = 2 * (min(peer_credits, params.recv_count) + EXTRA_RECVS)
         self._send_mr = ctx.reg_mr(self._nslots * (self._piece + _HDR_SIZE), Access.LOCAL_WRITE)
         self._slots = list(range(self._nslots))
         self._slot_is_close: set[int] = set()
@@ -173,7 +180,7 @@ class RdmaLink(Link):
         # credits
         self.credits = peer_credits
         self._owed = 0
-        self._answer_reserve = False
+        self._credit_threshold = (params.recv_count + 1) // 2
         # send side
         self._frames: deque[tuple[Frame, int]] = deque()
         self._cur: memoryview | None = None  # the DATA stream being sent
@@ -259,13 +266,12 @@ class RdmaLink(Link):
     # -- sending ------------------------------------------------------------------
 
     def _post(self, kind: int, body: Sequence[Buffer], *, flags: int = 0, closing: bool = False) -> None:
-        """SEND one message (header + ``body``), spending a credit."""
+        """SEND one message (header + ``body``), spending a credit unless
+        it is a ``CREDIT`` or ``CLOSE``."""
         slot = self._slots.pop()
         size = self._piece + _HDR_SIZE
         base = slot * size
         view = self._send_mr.view
-        if self.credits == 1:
-            flags |= RESERVE
         owed = min(self._owed, 0xFFFF)
         self._owed -= owed
         _HDR.pack_into(view, base, kind, flags, owed)
@@ -274,7 +280,8 @@ class RdmaLink(Link):
             n = _nbytes(b)
             view[pos : pos + n] = b if type(b) is not memoryview or b.format == "B" else b.cast("B")
             pos += n
-        self.credits -= 1
+        if kind != CREDIT and kind != CLOSE:
+            self.credits -= 1
         if closing:
             self._slot_is_close.add(slot)
         length = pos - base
@@ -282,7 +289,7 @@ class RdmaLink(Link):
         self.qp.post_send(_K_SEND << 32 | slot, self._send_mr, base, length, inline=length <= self._p.inline_threshold)
 
     def _can_send(self) -> bool:
-        return self.credits >= 2 and bool(self._slots)
+        return self.credits >= 1 and bool(self._slots)
 
     def _pump(self) -> None:
         if self._done:
@@ -318,20 +325,12 @@ class RdmaLink(Link):
             and not self._frames
             and not self._ctrl
             and not self._rdv_out
-            and self.credits >= 1
             and self._slots
         ):
             self._close_sent = True
             self._close_initiator = True
             self._post(CLOSE, [], closing=True)
-        if (
-            self._owed
-            and (self._answer_reserve or self._owed >= max(1, self._p.recv_count // 2))
-            and self.credits >= 1
-            and self._slots
-            and not self._close_sent
-        ):
-            self._answer_reserve = False
+        if self._owed >= self._credit_threshold and self._slots and not self._close_sent:
             self._post(CREDIT, [])
 
     def _send_batch(self) -> None:
@@ -454,15 +453,15 @@ class RdmaLink(Link):
             kind, flags, credits = _HDR.unpack_from(view, base)
             msg = view[base + _HDR_SIZE : base + nbytes]
             self.credits += credits
-            if flags & RESERVE:
-                self._answer_reserve = True
             if kind == DATA:
                 self._on_data(flags, msg)
             elif kind == RTS:
                 self._on_rts(msg)
             elif kind == FIN:
-                mr, _size = self._rdv_out.pop(_U32.unpack_from(msg)[0])
-                self._stage.put(mr)
+                done = self._rdv_out.pop(_U32.unpack_from(msg)[0], None) if len(msg) >= 4 else None
+                if done is None:
+                    raise ProtocolError("FIN for no rendezvous in progress", peer=self.peer_address)
+                self._stage.put(done[0])
             elif kind == CLOSE:
                 if not self._close_sent:
                     self._closing = True
@@ -470,7 +469,7 @@ class RdmaLink(Link):
                     self._cur = None
                     self._queued = 0
                     self._close_sent = True
-                    if self.credits >= 1 and self._slots:
+                    if self._slots:
                         self._post(CLOSE, [], closing=True)
                         return
                     self._finish(None)
@@ -481,7 +480,8 @@ class RdmaLink(Link):
                 raise ProtocolError(f"unknown RDMA message type {kind}", peer=self.peer_address)
             # repost before the credit can go back
             self.qp.post_recv(_K_RECV << 32 | index, self._recv_mr, base, size)
-            self._owed += 1
+            if kind != CREDIT:
+                self._owed += 1
 
     def _check_total(self, total: int) -> None:
         if total > self._opts.max_frame_bytes:

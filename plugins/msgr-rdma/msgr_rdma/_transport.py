@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from msgr_core.errors import ConfigError, UnsupportedAddress
 from msgr_core.transport import HandlerFactory, Link, LinkHandler, Listener, Transport, TransportOptions, split_address
 
-from ._link import LinkParams, RdmaLink
+from ._link import EXTRA_RECVS, LinkParams, RdmaLink
 from .emulation import EmuContext, EmuFabric
 from .verbs import Access, CompletionQueue, MemoryRegion, QueuePair, VerbsContext, open_verbs_device
 
@@ -194,11 +194,12 @@ class RdmaTransport(Transport):
         """A CQ deep enough for every WR the protocol can have outstanding
         (receives + send slots + reads), a QP in INIT and its receives posted."""
         p = self.settings.link
-        cq = ctx.create_cq(3 * p.recv_count + p.max_reads + 8)
-        qp = ctx.create_qp(cq, max_send_wr=2 * p.recv_count + p.max_reads + 8, max_recv_wr=p.recv_count)
+        nrecv = p.recv_count + EXTRA_RECVS
+        cq = ctx.create_cq(nrecv + 2 * (p.recv_count + EXTRA_RECVS) + p.max_reads + 8)
+        qp = ctx.create_qp(cq, max_send_wr=2 * (p.recv_count + EXTRA_RECVS) + p.max_reads + 8, max_recv_wr=nrecv)
         qp.to_init()
-        recv_mr = ctx.reg_mr(p.recv_count * p.buffer_size, Access.LOCAL_WRITE)
-        for i in range(p.recv_count):
+        recv_mr = ctx.reg_mr(nrecv * p.buffer_size, Access.LOCAL_WRITE)
+        for i in range(nrecv):
             qp.post_recv(1 << 32 | i, recv_mr, i * p.buffer_size, p.buffer_size)
         return cq, qp, recv_mr
 

@@ -13,7 +13,7 @@ from msgr_core.testing import TransportHarness, TransportTests, kit_options
 
 def emulated_harness(**settings: object) -> TransportHarness:
     options = kit_options(settings={"backend": "emulated", **settings})
-    return TransportHarness(RdmaTransport, "rdma://127.0.0.1:0", options=options, timeout=10.0)
+    return TransportHarness(RdmaTransport, "rdma://127.0.0.1:0", options=options, timeout=30.0)
 
 
 class _EmulatedKit(TransportTests):
@@ -39,4 +39,4 @@ class TestRdmaEmulatedSmallBuffersConformance(_EmulatedKit):
 
     @pytest.fixture
     def transport_harness(self) -> TransportHarness:
-        return emulated_harness(buffer_size=512, recv_count=6, rendezvous_threshold=4096, max_reads=2)
+        return emulated_harness(buffer_size=1024, recv_count=8, rendezvous_threshold=4096, max_reads=2)
