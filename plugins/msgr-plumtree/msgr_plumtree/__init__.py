@@ -31,8 +31,13 @@ Config section ``[plumtree]``:
 ``graft_retry_timeout`` (float, default ``0.25``)
     Paper mode's second timer (about one round trip).
 ``peer_sampling`` (str, default ``"view"``)
-    ``"view"``: full membership from the view.  (``"hyparview"`` is not
-    implemented yet and is refused.)
+    ``"view"``: full membership from the view.  ``"hyparview"``: HyParView
+    (:class:`HyParView`, ``messenger.extensions["hyparview"]``): join
+    through ``contacts`` (addresses), the active view is Plumtree's
+    neighbours; the view is ignored.  Its keys: ``contacts`` (list),
+    ``active_size`` (5), ``passive_size`` (30), ``arwl`` (6), ``prwl`` (3),
+    ``shuffle_period`` (10.0 s), ``shuffle_active`` (3), ``shuffle_passive``
+    (4), ``shuffle_ttl`` (6).
 ``tree`` (str, default ``"per_root"``)
     ``"per_root"``: a broadcast tree per sender, each built by its first
     broadcasts (riak_core, Partisan); ``"shared"``: one tree for every
@@ -50,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import msgr_core
 from msgr_core.errors import ConfigError
 
+from .hyparview import HyParView
 from .log import MessageLog
 from .plumtree import STALE, BroadcastHandler, Plumtree, initial_counts, overlay
 
@@ -63,6 +69,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULTS",
     "EXTENSION",
+    "HYPARVIEW",
+    "HyParView",
     "STALE",
     "BroadcastHandler",
     "MessageLog",
@@ -82,6 +90,9 @@ __all__ = [
 #: The name of the extension (entry point, config section, ``messenger.extensions`` key).
 EXTENSION = "plumtree"
 
+#: The ``messenger.extensions`` key of the :class:`HyParView` object (``peer_sampling = "hyparview"``).
+HYPARVIEW = "hyparview"
+
 #: The ``[plumtree]`` section's keys and defaults.
 DEFAULTS: dict[str, Any] = {
     "lazy_tick_period": 1.0,
@@ -93,13 +104,23 @@ DEFAULTS: dict[str, Any] = {
     "peer_sampling": "view",
     "seed": 0,
     "tree": "per_root",
+    # HyParView (peer_sampling = "hyparview")
+    "contacts": [],
+    "active_size": 5,
+    "passive_size": 30,
+    "arwl": 6,
+    "prwl": 3,
+    "shuffle_period": 10.0,
+    "shuffle_active": 3,
+    "shuffle_passive": 4,
+    "shuffle_ttl": 6,
 }
 
 
 @msgr_core.hookimpl
 def msgr_config_sections() -> dict[str, dict[str, Any]]:
     """Declare ``[plumtree]``."""
-    return {EXTENSION: dict(DEFAULTS)}
+    return {EXTENSION: {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}}
 
 
 def _get(messenger: Messenger) -> Plumtree | None:
@@ -123,20 +144,31 @@ def msgr_messenger_started(messenger: Messenger) -> None:
         ``peer_sampling`` is not ``"view"``.
     """
     cfg = messenger.config[EXTENSION]
-    if cfg["peer_sampling"] != "view":
-        raise ConfigError("plumtree.peer_sampling", cfg["peer_sampling"],
-                          '"view" (HyParView is not implemented yet)')
+    if cfg["peer_sampling"] not in ("view", "hyparview"):
+        raise ConfigError("plumtree.peer_sampling", cfg["peer_sampling"], '"view" or "hyparview"')
     pt = Plumtree(messenger, lazy_tick_period=cfg["lazy_tick_period"],
                   exchange_tick_period=cfg["exchange_tick_period"], graft_mode=cfg["graft_mode"],
                   graft_timeout=cfg["graft_timeout"], graft_retry_timeout=cfg["graft_retry_timeout"],
                   max_exchanges=cfg["max_exchanges"], seed=cfg["seed"], tree=cfg["tree"])
     messenger.extensions[EXTENSION] = pt
-    pt.start()
+    if cfg["peer_sampling"] == "hyparview":
+        hv = HyParView(messenger, pt, contacts=list(cfg["contacts"]), active_size=cfg["active_size"],
+                       passive_size=cfg["passive_size"], arwl=cfg["arwl"], prwl=cfg["prwl"],
+                       shuffle_period=cfg["shuffle_period"], shuffle_active=cfg["shuffle_active"],
+                       shuffle_passive=cfg["shuffle_passive"], shuffle_ttl=cfg["shuffle_ttl"], seed=cfg["seed"])
+        messenger.extensions[HYPARVIEW] = hv
+        pt.start(use_view=False)
+        hv.start()
+    else:
+        pt.start()
 
 
 @msgr_core.hookimpl
 def msgr_messenger_stopping(messenger: Messenger) -> None:
     """Stop the ticks, timers and exchanges."""
+    hv = messenger.extensions.get(HYPARVIEW)
+    if isinstance(hv, HyParView):
+        hv.close()
     pt = _get(messenger)
     if pt is not None:
         pt.close()
@@ -144,15 +176,21 @@ def msgr_messenger_stopping(messenger: Messenger) -> None:
 
 @msgr_core.hookimpl
 def msgr_view_changed(messenger: Messenger, members: frozenset[str]) -> None:
-    """A new view: :meth:`Plumtree.update`."""
+    """A new view: :meth:`Plumtree.update` (ignored with HyParView, which
+    keeps its own views)."""
     pt = _get(messenger)
-    if pt is not None:
+    if pt is not None and HYPARVIEW not in messenger.extensions:
         pt.update(members)
 
 
 @msgr_core.hookimpl
 def msgr_peer_failed(messenger: Messenger, peer: str, reason: str) -> None:
-    """A failure detector failed ``peer``: :meth:`Plumtree.neighbor_down`."""
+    """A failure detector failed ``peer``: :meth:`Plumtree.neighbor_down`,
+    or with HyParView :meth:`HyParView.peer_failed` (replaced from the passive view)."""
+    hv = messenger.extensions.get(HYPARVIEW)
+    if isinstance(hv, HyParView):
+        hv.peer_failed(peer)
+        return
     pt = _get(messenger)
     if pt is not None:
         pt.neighbor_down(peer)
@@ -160,7 +198,8 @@ def msgr_peer_failed(messenger: Messenger, peer: str, reason: str) -> None:
 
 @msgr_core.hookimpl
 def msgr_peer_recovered(messenger: Messenger, peer: str) -> None:
-    """``peer`` is back: :meth:`Plumtree.neighbor_up`."""
+    """``peer`` is back: :meth:`Plumtree.neighbor_up` (with HyParView: it
+    may come back through a join or a shuffle)."""
     pt = _get(messenger)
-    if pt is not None:
+    if pt is not None and HYPARVIEW not in messenger.extensions:
         pt.neighbor_up(peer)

@@ -239,8 +239,9 @@ class Plumtree:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> None:
-        """Register the verbs and start the lazy and exchange ticks."""
+    def start(self, *, use_view: bool = True) -> None:
+        """Register the verbs and start the lazy and exchange ticks
+        (``use_view``: take the members from an installed view now)."""
         ms = self.messenger
         ms.register_handler_oneway(V_BROADCAST, self._on_broadcast)
         ms.register_handler_oneway(V_IHAVE, self._on_i_have)
@@ -251,7 +252,7 @@ class Plumtree:
         loop = ms.loop
         self._lazy_timer = loop.call_later(self.lazy_tick_period, self._lazy_tick)
         self._exchange_timer = loop.call_later(self.exchange_tick_period, self._exchange_tick)
-        if ms.view is not None:
+        if use_view and ms.view is not None:
             self.update(ms.view)
 
     def close(self) -> None:
@@ -324,6 +325,18 @@ class Plumtree:
             return
         self.members.add(peer)
         self._link(peer, eager=True)
+
+    def add_neighbor(self, peer: str) -> None:
+        """Peer sampling (HyParView) made ``peer`` a neighbour: it is a
+        member and an eager peer of every tree (the paper's NeighborUp)."""
+        if peer != self.name and peer not in self.members:
+            self.members.add(peer)
+            self._link(peer, eager=True)
+
+    def remove_neighbor(self, peer: str) -> None:
+        """Peer sampling dropped ``peer`` (the paper's NeighborDown)."""
+        self.members.discard(peer)
+        self._drop(peer)
 
     def _link(self, peer: str, *, eager: bool) -> None:
         (self.common_eagers if eager else self.common_lazys).add(peer)

@@ -116,6 +116,10 @@ class Cluster:
             out.setdefault(parent, []).append(node)
         return out
 
+    def active_views(self) -> dict[str, set[str]]:
+        """HyParView's active view of every live node."""
+        return {n: set(self.nodes[n].extensions["hyparview"].active) for n in self.live()}
+
     def payload_total(self) -> int:
         return sum(self.pt(n).counters["payload_out"] for n in self.nodes)
 
@@ -169,7 +173,8 @@ async def make_cluster(nodes: int, *, seed: int = 0, delay: float = 0.001, jitte
                        plumtree: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Cluster:
     """Start ``nodes`` messengers ``n0 ..`` with msgr-plumtree on a fresh
     ``SimNetwork`` of the running loop; every node knows every address and
-    has the full view installed."""
+    has the full view installed; with ``peer_sampling = "hyparview"``
+    every node but ``n0`` joins through ``loop://n0`` instead (no view)."""
     from msgr_loopback import get_network
 
     loop = asyncio.get_running_loop()
@@ -186,10 +191,14 @@ async def make_cluster(nodes: int, *, seed: int = 0, delay: float = 0.001, jitte
             "session": {"keepalive_interval": 60.0, "keepalive_timeout": 300.0},
             "plumtree": {"seed": seed, **(plumtree or {})},
         }
+        if cfg["plumtree"].get("peer_sampling") == "hyparview" and name != "n0":
+            cfg["plumtree"].setdefault("contacts", ["loop://n0"])
         for section, values in (extra or {}).items():
             cfg.setdefault(section, {}).update(values)
         cluster.configs[name] = cfg
         await cluster.start_node(name)
+    if (plumtree or {}).get("peer_sampling") == "hyparview":
+        return cluster  # HyParView: nodes joined through their contacts; no view
     for name in names:
         ms = cluster.nodes[name]
         for other in names:
