@@ -204,24 +204,22 @@ class RdmaTransport(Transport):
         return cq, qp, recv_mr
 
     async def connect(self, address: str, handler: LinkHandler) -> Link:
-        host, port = parse_address(address, listen=False)
+        host, _port = parse_address(address, listen=False)
         ctx = self._context()
         if not isinstance(ctx, EmuContext):  # pragma: no cover - verbs data path not written
             raise NotImplementedError("msgr-rdma: connecting over pyverbs is not implemented")
-        listener = _DIRECTORY.listeners.get((host, port))
-        if listener is None or listener.closed:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"nothing listens on {address}")
-        server_t = listener._transport
-        server_ctx = server_t._context()
         loop = asyncio.get_running_loop()
         c_cq, c_qp, c_mr = self._make_qp(ctx)
-        s_cq, s_qp, s_mr = server_t._make_qp(server_ctx)
-        c_qp.to_rtr(s_qp.qp_num)
-        s_qp.to_rtr(c_qp.qp_num)
-        c_qp.to_rts()
-        s_qp.to_rts()
-        cp, sp = self.settings.link, server_t.settings.link
-        local = _fmt(host, 0)
+        cp = self.settings.link
+        try:
+            s_credits, s_buffer, listen_address = accept_emulated(
+                address, c_qp.qp_num, cp.recv_count, cp.buffer_size, c_qp
+            )
+        except OSError:
+            c_qp.destroy()
+            c_cq.close()
+            c_mr.dereg()
+            raise
         client = RdmaLink(
             loop,
             ctx,
@@ -230,29 +228,13 @@ class RdmaTransport(Transport):
             c_mr,
             cp,
             self.options,
-            peer_credits=sp.recv_count,
-            peer_buffer_size=sp.buffer_size,
-            local_address=local,
-            peer_address=listener.address,
+            peer_credits=s_credits,
+            peer_buffer_size=s_buffer,
+            local_address=_fmt(host, 0),
+            peer_address=listen_address,
             on_done=self.links.discard,
         )
-        server = RdmaLink(
-            loop,
-            server_ctx,
-            s_cq,
-            s_qp,
-            s_mr,
-            sp,
-            server_t.options,
-            peer_credits=cp.recv_count,
-            peer_buffer_size=cp.buffer_size,
-            local_address=listener.address,
-            peer_address=local,
-            on_done=server_t.links.discard,
-        )
         self.links.add(client)
-        server_t.links.add(server)
-        server.start(listener._factory())
         client.start(handler)
         return client
 
@@ -260,3 +242,48 @@ class RdmaTransport(Transport):
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+
+
+def accept_emulated(
+    address: str, qp_num: int, recv_count: int, buffer_size: int, qp: QueuePair
+) -> tuple[int, int, str]:
+    """The emulated connection exchange, listener side: make the listener's
+    QP for a connecting QP ``qp_num`` (which posted ``recv_count`` + 3
+    receives of ``buffer_size`` bytes), connect both (``qp`` is the
+    connecting QP, in INIT: it is moved to RTS) and start the listener's link.
+
+    What rdmacm's connect request / private data would carry; also used by
+    tests to connect a raw emulated QP.
+
+    :returns: ``(the listener's credits, its buffer size, its address)``.
+    :raises ConnectionRefusedError: nothing listens on ``address``.
+    """
+    host, port = parse_address(address, listen=False)
+    listener = _DIRECTORY.listeners.get((host, port))
+    if listener is None or listener.closed:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"nothing listens on {address}")
+    server_t = listener._transport
+    server_ctx = server_t._context()
+    s_cq, s_qp, s_mr = server_t._make_qp(server_ctx)
+    s_qp.to_rtr(qp_num)
+    qp.to_rtr(s_qp.qp_num)
+    qp.to_rts()
+    s_qp.to_rts()
+    sp = server_t.settings.link
+    server = RdmaLink(
+        asyncio.get_running_loop(),
+        server_ctx,
+        s_cq,
+        s_qp,
+        s_mr,
+        sp,
+        server_t.options,
+        peer_credits=recv_count,
+        peer_buffer_size=buffer_size,
+        local_address=listener.address,
+        peer_address=_fmt(host, 0),
+        on_done=server_t.links.discard,
+    )
+    server_t.links.add(server)
+    server.start(listener._factory())
+    return sp.recv_count, sp.buffer_size, listener.address

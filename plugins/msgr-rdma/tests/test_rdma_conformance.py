@@ -5,15 +5,83 @@ for real over the strict emulation."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
+
 import pytest
 from msgr_rdma import RdmaTransport
+from msgr_rdma._transport import accept_emulated
+from msgr_rdma.emulation import EmuFabric
+from msgr_rdma.verbs import Access, QPState
 
 from msgr_core.testing import TransportHarness, TransportTests, kit_options
+
+_HDR = struct.Struct("!BBH")
+
+
+def rdma_malformed_inputs(max_frame_bytes: int) -> dict[str, bytes]:
+    """Raw messages (each one SEND) a msgr-rdma listener must answer by
+    ending that link with ProtocolError / FrameTooLarge."""
+
+    def data(flags: int, body: bytes) -> bytes:
+        return _HDR.pack(1, flags, 0) + body
+
+    return {
+        "a message shorter than its header": b"\x01",
+        "an unknown message type": _HDR.pack(9, 0, 0),
+        "a frame continued that never started": data(0, b"abc"),
+        "a frame with zero segments": data(3, struct.pack("!IH", 0, 0)),
+        "segment lengths that disagree with the frame length": data(3, struct.pack("!IHII", 5, 2, 1, 1) + b"12345"),
+        "a frame announced over max_frame_bytes": data(3, struct.pack("!IHI", max_frame_bytes + 1, 1, 0)),
+        "a rendezvous request over max_frame_bytes": _HDR.pack(2, 0, 0)
+        + struct.pack("!IQIIH", 1, 0, 0, max_frame_bytes + 1, 1),
+        "a FIN for no rendezvous": _HDR.pack(3, 0, 0) + struct.pack("!I", 77),
+    }
+
+
+async def emulated_inject_raw(address: str, data: bytes) -> None:
+    """Connect a raw emulated QP to the listener at ``address``, SEND
+    ``data`` as one message, and return once the listener dropped the QP
+    (ours is moved to the error state: its receives flush)."""
+    ctx = EmuFabric.shared().open()
+    cq = ctx.create_cq(64)
+    qp = ctx.create_qp(cq, 8, 16)
+    mr = ctx.reg_mr(16 * 4096 + len(data), Access.LOCAL_WRITE)
+    qp.to_init()
+    for i in range(16):
+        qp.post_recv(i, mr, i * 4096, 4096)
+    accept_emulated(address, qp.qp_num, 16, 4096, qp)
+    mr.view[16 * 4096 :] = data
+    qp.post_send(99, mr, 16 * 4096, len(data))
+    loop = asyncio.get_running_loop()
+    woke = asyncio.Event()
+    loop.add_reader(cq.fileno(), woke.set)
+    try:
+        async with asyncio.timeout(10):
+            while qp.state != QPState.ERR:
+                # our completions (the send, then the flushed receives) wake us
+                cq.req_notify()
+                await woke.wait()
+                woke.clear()
+                cq.ack_events()
+                cq.poll(64)
+    finally:
+        loop.remove_reader(cq.fileno())
+        qp.destroy()
+        cq.close()
+        mr.dereg()
 
 
 def emulated_harness(**settings: object) -> TransportHarness:
     options = kit_options(settings={"backend": "emulated", **settings})
-    return TransportHarness(RdmaTransport, "rdma://127.0.0.1:0", options=options, timeout=30.0)
+    return TransportHarness(
+        RdmaTransport,
+        "rdma://127.0.0.1:0",
+        options=options,
+        timeout=30.0,
+        inject_raw=emulated_inject_raw,
+        malformed_inputs=rdma_malformed_inputs,
+    )
 
 
 class _EmulatedKit(TransportTests):
