@@ -623,20 +623,18 @@ class Plumtree:
                 continue
             self.counters["exchanges"] += 1
             started.append(hname)
-            try:
-                result = fn(peer)
-            except Exception as exc:
-                log.warning("%s: exchange %s with %s failed: %s", self.name, hname, peer, exc)
-                continue
-            if inspect.isawaitable(result):
-                task = self.messenger.loop.create_task(self._run_exchange(result))
-                self._exchanges[key] = task
-                task.add_done_callback(lambda _t, k=key: self._exchanges.pop(k, None))
+            # the handler is called inside the task: a task cancelled before
+            # it runs leaves no coroutine behind that was never awaited
+            task = self.messenger.loop.create_task(self._run_exchange(hname, fn, peer))
+            self._exchanges[key] = task
+            task.add_done_callback(lambda _t, k=key: self._exchanges.pop(k, None))
         return started
 
-    async def _run_exchange(self, aw: Any) -> None:
+    async def _run_exchange(self, hname: str, fn: Callable[[str], Any], peer: str) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             try:
-                await aw
+                result = fn(peer)
+                if inspect.isawaitable(result):
+                    await result
             except Exception as exc:
-                log.debug("%s: exchange failed: %s", self.name, exc)
+                log.info("%s: exchange %s with %s failed: %s", self.name, hname, peer, exc)
