@@ -44,6 +44,7 @@ V_IGNORED = "pt.ignored"
 V_GRAFT = "pt.graft"
 V_PRUNE = "pt.prune"
 V_PEERS = "pt.peers"
+V_TREE = "pt.tree"
 
 #: The key of the one tree in ``eager_sets`` / ``lazy_sets`` with ``tree = "shared"``.
 SHARED = "*"
@@ -249,6 +250,7 @@ class Plumtree:
         ms.register_handler_oneway(V_GRAFT, self._on_graft)
         ms.register_handler_oneway(V_PRUNE, self._on_prune)
         ms.register_handler(V_PEERS, lambda msg: self._peers_reply(msg.payload))
+        ms.register_handler(V_TREE, self._tree_reply)
         loop = ms.loop
         self._lazy_timer = loop.call_later(self.lazy_tick_period, self._lazy_tick)
         self._exchange_timer = loop.call_later(self.exchange_tick_period, self._exchange_tick)
@@ -368,6 +370,14 @@ class Plumtree:
     def _peers_reply(self, root: Any) -> list[list[str]]:
         eager, lazy = self.get_peers(root if isinstance(root, str) else None)
         return [sorted(eager), sorted(lazy)]
+
+    async def _tree_reply(self, msg: Message) -> dict[str, Any]:
+        """``pt.tree`` (``msgr plumtree tree``): ``root`` -> :meth:`get_tree`
+        as ``{"root": ..., "node": ..., "tree": {node: [eager, lazy] | "down"}}``."""
+        root = msg.payload if isinstance(msg.payload, str) and msg.payload else self.name
+        tree = await self.get_tree(root, timeout=3.0)
+        return {"root": root, "node": self.name,
+                "tree": {n: (v if isinstance(v, str) else [sorted(v[0]), sorted(v[1])]) for n, v in tree.items()}}
 
     async def get_tree(self, root: str, *, timeout: float = 5.0) -> dict[str, tuple[set[str], set[str]] | str]:
         """The tree rooted at ``root`` as every member sees it:

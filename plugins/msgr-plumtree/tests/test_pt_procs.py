@@ -1,6 +1,6 @@
 """Real processes over TCP: five Plumtree nodes; a broadcast reaches all;
 after one is killed, the others still all deliver; a node that joins later
-gets the messages it missed by anti-entropy."""
+gets the messages it missed by anti-entropy; ``msgr plumtree tree``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,18 @@ async def test_pt_five_processes_over_tcp_broadcast_kill_and_anti_entropy() -> N
         await asyncio.wait_for(asyncio.gather(*(n.wait_for("p0:0") for n in nodes[1:])), 30)
         assert all(n.got["p0:0"] == "hello" for n in nodes[1:])
 
+        # msgr plumtree tree: p3 collects p0's tree from every member
+        out = await _cli("plumtree", "tree", nodes[3].addr, "--root", "p0", "--json")
+        reply = json.loads(out)
+        assert reply["root"] == "p0" and reply["node"] == "p3"
+        assert sorted(reply["tree"]) == [n.name for n in nodes]
+        eager = {n: set(v[0]) for n, v in reply["tree"].items()}
+        mutual = {frozenset((a, b)) for a, es in eager.items() for b in es if a in eager[b]}
+        assert len(mutual) >= len(nodes) - 1  # a spanning tree (plus links whose prune is in flight)
+        text = await _cli("plumtree", "tree", nodes[3].addr, "--root", "p0")
+        assert text.splitlines()[0] == "tree rooted at p0 (as collected by p3)"
+        assert {line.strip() for line in text.splitlines()[1:6]} == {n.name for n in nodes}
+
         victim = nodes[2]
         victim.proc.kill()
         await victim.proc.wait()
@@ -82,6 +94,14 @@ async def test_pt_five_processes_over_tcp_broadcast_kill_and_anti_entropy() -> N
             if n.proc.returncode is None and n.proc.stdin is not None:
                 n.proc.stdin.close()  # a graceful stop
         await asyncio.gather(*(_reap(n) for n in nodes))
+
+
+async def _cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "msgr_core.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return out.decode()
 
 
 async def _reap(n: Node) -> None:
