@@ -102,7 +102,7 @@ def _freeze(x: Any) -> Any:
 def initial_counts(n: int) -> tuple[int, int]:
     """The number of initial eager and lazy peers in a cluster of ``n``
     members, as riak_core: 1: none; 2: the other; 3-4: 1 + 1; 5-9: 2 + 1;
-    >= 10: round(ln n + 1) + 1."""
+    >= 10: round(ln n + 1) eager + 1 lazy."""
     if n <= 1:
         return 0, 0
     if n == 2:
