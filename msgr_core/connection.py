@@ -242,6 +242,11 @@ class Connection:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
         self._unacked_bytes = 0
+        # a resume's replay, fed to the link like the queues (under its
+        # watermark), before anything new: frames, and the seq of the first
+        self._replay_frames: list[Sequence[Buffer]] | None = None
+        self._replay_base = 0
+        self._replay_next = 0
         # reconnection
         self._attempt: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
@@ -485,7 +490,8 @@ class Connection:
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame, peer=self._who())
         state = self.state
-        if state == OPEN and not self._paused and not self._window_full and not self._queued_bytes:
+        if (state == OPEN and not self._paused and not self._window_full and not self._queued_bytes
+                and self._replay_frames is None):
             link = self._link
             if link is not None and link.write_buffer_size() < self._high:
                 self._transmit(mtype, flags, priority, cid, verb, body, attachments, size)
@@ -562,8 +568,11 @@ class Connection:
         link = self._link
         if self.state != OPEN or link is None:
             return
-        queues = self._queues
         high = self._high
+        if self._replay_frames is not None and not self._pump_replay(link, high):
+            self._wake_senders()
+            return
+        queues = self._queues
         while not self._paused and not self._window_full:
             if queues[2]:
                 item = queues[2].popleft()
@@ -587,6 +596,32 @@ class Connection:
                 break
         self._wake_senders()
 
+    def _pump_replay(self, link: Link, high: int) -> bool:
+        """Feed the resume's replay to the link while it is under its high
+        watermark.  True once the replay is complete."""
+        replay = self._replay_frames
+        if replay is None:
+            return True
+        first_unacked = self._out_seq - len(self._unacked) + 1
+        i = max(self._replay_next, first_unacked - self._replay_base)  # skip what got acked meanwhile
+        n = len(replay)
+        while i < n and not self._paused:
+            try:
+                link.send(replay[i])
+            except LinkClosed:
+                break
+            i += 1
+            self.retransmits += 1
+            if link.write_buffer_size() >= high:
+                break
+        self._replay_next = i
+        if i < n:
+            if not self._paused and self._recheck is None and self._link is link:
+                self._recheck = self._loop.call_later(0.0005, self._pump)
+            return False
+        self._replay_frames = None
+        return True
+
     def _wake_senders(self) -> None:
         if self._space_waiters and self._queued_bytes < self._max_queued // 2 + 1:
             waiters, self._space_waiters = self._space_waiters, []
@@ -601,7 +636,7 @@ class Connection:
 
     def _resume_writing(self) -> None:
         self._paused = False
-        if self._queued_bytes and self._recheck is None:
+        if (self._queued_bytes or self._replay_frames is not None) and self._recheck is None:
             self._pump()
 
     def _arm_expiry(self, when: float) -> None:
@@ -681,6 +716,7 @@ class Connection:
         self._port = None
         self._link = None
         self._paused = False
+        self._replay_frames = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1029,7 +1065,7 @@ class Connection:
         if not self._opened.done():
             self._opened.set_result(None)
         self._notify_state()
-        if self._queued_bytes:
+        if self._queued_bytes or self._replay_frames is not None:
             self._pump()
         self._wake_senders()
         if self._oob:
@@ -1039,15 +1075,12 @@ class Connection:
         """Resume: the peer has everything up to ``peer_in_seq``; send the
         rest of the window again, in order, before anything new."""
         self._acked(peer_in_seq)
-        link = self._link
-        if not self._unacked or link is None:
-            return
-        for frame in self._unacked:
-            try:
-                link.send(frame)
-            except LinkClosed:
-                break
-            self.retransmits += 1
+        if self._unacked and self._link is not None:
+            self._replay_frames = list(self._unacked)
+            self._replay_base = self._out_seq - len(self._unacked) + 1
+            self._replay_next = 0
+        else:
+            self._replay_frames = None
 
     # -- dialling ----------------------------------------------------------
 
@@ -1184,6 +1217,7 @@ class Connection:
             q.clear()
         self._unacked.clear()
         self._unacked_bytes = 0
+        self._replay_frames = None
         self._queued_bytes = 0
         self._undeliverable(lost, reason)
         pending, self._pending = self._pending, {}
