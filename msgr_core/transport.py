@@ -211,6 +211,10 @@ class Transport(abc.ABC):
     #: (``{"tcp": "tcp://127.0.0.1:0", "unix": "unix://{tmp}/s{n}.sock"}``).
     #: Without one, the kit listens on ``scheme://127.0.0.1:0``.
     test_addresses: ClassVar[dict[str, str]] = {}
+    #: Per scheme, the plugin settings (its config section) the conformance
+    #: kit runs with, e.g. a test backend selected explicitly
+    #: (``{"rdma": {"backend": "emulated"}}``); missing keys take the defaults.
+    test_settings: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, scheme: str, options: TransportOptions) -> None:
         self.scheme = scheme

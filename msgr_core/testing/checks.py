@@ -1246,13 +1246,19 @@ async def check_messenger_roundtrip(h: TransportHarness) -> None:
         )
 
     def config(name: str) -> dict[str, Any]:
-        return {
+        cfg: dict[str, Any] = {
             "messenger": {
                 "name": name,
                 "listen": [h.next_listen_address()],
                 "transports": [h.scheme],
             }
         }
+        section = h.transport_class.config_section
+        if section and h.options.settings:
+            # the harness's transport settings (e.g. a test backend) apply to
+            # the messenger's transport too
+            cfg[section] = {k: v for k, v in h.options.settings.items() if k in h.transport_class.config_defaults}
+        return cfg
 
     def fail(msg: Any) -> Any:
         raise ValueError("kit handler failure")

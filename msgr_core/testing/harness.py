@@ -292,10 +292,12 @@ def harness_for_scheme(scheme: str, listen_address: str | None = None) -> Transp
         raise PluginNotInstalled("transport", scheme, list(cls.schemes), cls.distribution or None)
     address = listen_address or cls.test_addresses.get(scheme, f"{scheme}://127.0.0.1:0")
     inject = stream_inject_raw if scheme in _STREAM_SCHEMES else None
+    settings = {**cls.config_defaults, **cls.test_settings.get(scheme, {})}
     return TransportHarness(
         cls,
         address,
         scheme=scheme,
+        options=kit_options(settings=settings),
         inject_raw=inject,
         any_port_address=DEFAULT_ANY_PORT_ADDRESSES.get(scheme, ""),
     )

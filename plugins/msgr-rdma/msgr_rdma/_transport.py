@@ -167,6 +167,8 @@ class RdmaTransport(Transport):
     config_section: ClassVar[str] = SECTION
     config_defaults: ClassVar[dict[str, Any]] = DEFAULTS
     test_addresses: ClassVar[dict[str, str]] = {"rdma": "rdma://127.0.0.1:0"}
+    # the kit runs over the emulated verbs backend, chosen explicitly (never silently)
+    test_settings: ClassVar[dict[str, dict[str, Any]]] = {"rdma": {"backend": "emulated"}}
 
     def __init__(self, scheme: str, options: TransportOptions) -> None:
         super().__init__(scheme, options)
