@@ -47,10 +47,10 @@ def test_config_check(tmp_path: Path) -> None:
     out = msgr("config", "check", str(bad))
     assert out.returncode == 1
     assert str(bad) in out.stderr and "limits.max_frame_bytes" in out.stderr and "'lots'" in out.stderr
-    missing = tmp_path / "rdma.toml"
-    missing.write_text('[messenger]\nlisten = ["rdma://0.0.0.0:1"]\n')
+    missing = tmp_path / "sctp.toml"
+    missing.write_text('[messenger]\nlisten = ["sctp://0.0.0.0:1"]\n')
     out = msgr("config", "check", str(missing))
-    assert out.returncode == 1 and "install msgr-rdma" in out.stderr
+    assert out.returncode == 1 and "unknown transport 'sctp' (installed: " in out.stderr and "tcp" in out.stderr
 
 
 def test_run_and_ping_then_graceful_sigterm(tmp_path: Path) -> None:

@@ -82,12 +82,16 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
 
 
-def test_selecting_a_transport_that_is_not_installed_says_what_to_install() -> None:
+def test_selecting_a_transport_that_is_not_installed_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from msgr_core import registry
+
+    # a scheme whose distribution is known but not installed here
+    monkeypatch.setitem(registry.KNOWN_DISTRIBUTIONS, "sctp", "msgr-sctp")
     with pytest.raises(PluginNotInstalled) as ei:
-        Messenger.from_config({"messenger": {"transports": ["rdma"]}})
-    assert ei.value.name == "rdma"
-    assert ei.value.distribution == "msgr-rdma"
-    assert "install msgr-rdma" in str(ei.value)
+        Messenger.from_config({"messenger": {"transports": ["sctp"]}})
+    assert ei.value.name == "sctp"
+    assert ei.value.distribution == "msgr-sctp"
+    assert "install msgr-sctp" in str(ei.value)
     assert "tcp" in ei.value.installed
 
 
