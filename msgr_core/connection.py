@@ -89,6 +89,9 @@ CLOSED = "closed"
 
 # Handler results that are certainly not awaitable (skips the slow ABC check).
 _PLAIN = frozenset({bytes, bytearray, memoryview, str, int, float, bool, dict, list, tuple, Reply})
+# A message this large is acknowledged at once: a few of them fill the
+# sender's window, which must not wait for the ack timer.
+_ACK_NOW_BYTES = 1 << 20
 # Queue accounting charges each message its payload plus this much for the
 # header, so an empty payload still occupies the queue.
 _OVERHEAD = 32
@@ -777,7 +780,7 @@ class Connection:
                 return
             self._in_seq = seq
             if self._lossless:
-                if seq - self._ack_sent >= self._ack_every:
+                if seq - self._ack_sent >= self._ack_every or len(body) >= _ACK_NOW_BYTES:
                     self._send_control(m.ACK)
                 elif self._ack_timer is None:
                     self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
