@@ -557,7 +557,7 @@ class Messenger:
                         f"{hello['type']!r}, {name} asked for {hello['policy']}")
             return
         self._accepted.discard(tmp)
-        session = self._by_name.get(name) or self._dialling(name, hello["addrs"])
+        session = self._by_name.get(name)
         if session is not None and (session.is_closed or session._lossless != (not policy.lossy)):
             session = None
         remote_reset = False
@@ -602,15 +602,6 @@ class Messenger:
         if first:
             self._attach_oob(session)
             self._fire("msgr_handle_accept", conn=session)
-
-    def _dialling(self, name: str, addrs: list[str]) -> Connection | None:
-        """Our own session being dialled to the peer that just dialled us
-        (first contact, both at once: its name is not known yet, but we
-        dialled one of the addresses it advertises)."""
-        for conn in self._by_addr.values():
-            if not conn.is_closed and conn.outgoing and conn.peer_name in ("", name) and conn.address in addrs:
-                return conn
-        return None
 
     def _connected(self, conn: Connection, port: _Port, hello: Any) -> None:
         """Our HELLO was answered with HELLO_OK on ``port``."""

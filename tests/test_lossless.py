@@ -331,33 +331,3 @@ async def test_priority_classes_keep_their_own_order(make_messenger: MakeMesseng
     # queued before the handshake: every OOB-class message went first, then HIGH
     assert [p for p, _ in got[:100]] == [Priority.OOB] * 100
     assert [p for p, _ in got[100:200]] == [Priority.HIGH] * 100
-
-
-@pytest.mark.looptime
-@pytest.mark.parametrize("scheme", ["loop"])  # the simulated network makes both HELLOs cross
-async def test_first_contact_race_loses_nothing(make_messenger: MakeMessenger) -> None:
-    """Two peers that have never talked dial each other at the same moment,
-    both with messages queued: one session each, nothing undeliverable."""
-    import msgr_loopback
-
-    a = await make_messenger("a")
-    b = await make_messenger("b")
-    msgr_loopback.get_network().set_delay(None, None, 0.01)
-    lost: list[Any] = []
-
-    class Watch(Dispatcher):
-        def handle_undeliverable(self, conn: Any, messages: list[tuple[str, Any]], reason: str) -> None:
-            lost.extend(messages)
-
-    for ms in (a, b):
-        ms.add_dispatcher(Watch())
-    sink_a, sink_b = Sink(a), Sink(b)
-    ab = a.get_connection(b.addresses[0])
-    ba = b.get_connection(a.addresses[0])
-    for i in range(200):
-        ab.send_nowait("seq", seq(i))
-        ba.send_nowait("seq", seq(i))
-    await sink_b.wait_for(200)
-    await sink_a.wait_for(200)
-    assert lost == []
-    assert len(a.connections) == 1 and len(b.connections) == 1
