@@ -262,14 +262,7 @@ class ZmqClientLink(ZmqLink):
                     budget -= 1
                     continue
                 if self._state == OPEN:
-                    fr = self._frame_received
-                    for frame in frames:
-                        if self._state != OPEN or fr is None:
-                            break
-                        try:
-                            fr(frame)
-                        except Exception as exc:
-                            self._callback_failed(exc)
+                    self._deliver(frames)
                 elif self._state == CONNECTING and frames:
                     raise ProtocolError("a frame before the handshake completed", peer=peer)
                 if err is not None:

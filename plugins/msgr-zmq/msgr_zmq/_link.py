@@ -533,6 +533,18 @@ class ZmqLink(Link):
         except Exception as exc:
             self._callback_failed(exc)
 
+    def _deliver(self, frames: list[list[Any]]) -> None:
+        """Hand received frames to the handler while the link stays open
+        (a handler may close it mid-batch); a handler that raises closes it."""
+        fr = self._frame_received
+        for frame in frames:
+            if self._state != OPEN or fr is None:
+                break
+            try:
+                fr(frame)
+            except Exception as exc:
+                self._callback_failed(exc)
+
     def _callback_failed(self, exc: Exception) -> None:
         self._loop.call_exception_handler(
             {

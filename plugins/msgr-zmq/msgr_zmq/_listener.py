@@ -377,14 +377,7 @@ class ZmqListener(Listener):
                         budget -= 1
                         continue
                 if link._state == OPEN:
-                    fr = link._frame_received
-                    for frame in frames:
-                        if link._state != OPEN or fr is None:
-                            break
-                        try:
-                            fr(frame)
-                        except Exception as exc:
-                            link._callback_failed(exc)
+                    link._deliver(frames)
                 if err is not None:
                     raise err
             except (ProtocolError, FrameTooLarge) as exc:
