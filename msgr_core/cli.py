@@ -154,6 +154,10 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=3.0, help="seconds of traffic")
     p.set_defaults(func=_cmd_demo)
 
+    from .scaffold import add_new_plugin_parser  # `msgr new-plugin`: the logic lives in scaffold.py
+
+    add_new_plugin_parser(sub)
+
     if plugins is not None:
         plugins.hook.msgr_cli_commands(subparsers=sub)
     return parser
