@@ -35,6 +35,7 @@ KEEPALIVE = 9
 KEEPALIVE_ACK = 10
 GOODBYE = 11
 OOB = 12
+AUTH = 13  # handshake authentication step (msgr_core.auth)
 
 # flags
 PACKED = 1
