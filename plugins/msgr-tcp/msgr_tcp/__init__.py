@@ -84,14 +84,18 @@ import msgr_core
 from msgr_core.transport import Transport
 
 from ._link import StreamLink
+from ._tls import KitCertificates, TlsLink, TlsTransport
 from ._transport import StreamListener, TcpTransport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KitCertificates",
     "StreamLink",
     "StreamListener",
     "TcpTransport",
+    "TlsLink",
+    "TlsTransport",
     "__version__",
     "msgr_register_transports",
 ]
@@ -99,5 +103,6 @@ __all__ = [
 
 @msgr_core.hookimpl
 def msgr_register_transports() -> list[type[Transport]]:
-    """The transports this plugin provides: :class:`TcpTransport`."""
-    return [TcpTransport]
+    """The transports this plugin provides: :class:`TcpTransport` and
+    :class:`TlsTransport`."""
+    return [TcpTransport, TlsTransport]
