@@ -15,8 +15,8 @@ def _pair(ctx: EmuContext, depth: int = 16) -> tuple[EmuQP, CompletionQueue, Emu
     a, b = ctx.create_qp(cqa, 8, 8), ctx.create_qp(cqb, 8, 8)
     for qp in (a, b):
         qp.to_init()
-    a.to_rtr(b.qp_num)
-    b.to_rtr(a.qp_num)
+    a.to_rtr(b.endpoint())
+    b.to_rtr(a.endpoint())
     a.to_rts()
     b.to_rts()
     return a, cqa, b, cqb
