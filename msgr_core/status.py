@@ -158,9 +158,10 @@ def _format_extension(name: str, state: dict[str, Any] | None) -> list[str]:
     lines = [f"  {name}: " + (_fmt(scalars) if scalars else "")]
     for key, value in state.items():
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            rows = [{key: k, **v} for k, v in value.items()]  # e.g. heartbeat peers
+            col = key[:-1] if key.endswith("s") else key  # e.g. heartbeat "peers": a "peer" column
+            rows = [{col: k, **v} for k, v in value.items()]
             lines.append(f"    {key}:")
-            lines += _table(rows, _columns(rows, key), indent="      ")
+            lines += _table(rows, _columns(rows, col), indent="      ")
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             lines.append(f"    {key}:")  # e.g. gossip endpoints
             lines += _table(value, _columns(value), indent="      ")
