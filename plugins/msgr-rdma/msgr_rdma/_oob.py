@@ -198,7 +198,7 @@ class OobChannel(asyncio.Protocol):
     def send(self, kind: int, *parts: bytes | bytearray | memoryview) -> None:
         """Queue one message (dropped once the channel is closed)."""
         t = self.transport
-        if t is None or self.closed or self._closing:
+        if t is None or self.closed or self._closing or t.is_closing():
             return
         t.write(_LEN.pack(1 + sum(len(p) for p in parts), kind))
         for p in parts:
