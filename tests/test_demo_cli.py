@@ -117,3 +117,33 @@ def test_demo_options_are_checked() -> None:
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0
     assert "loop: every node in this process on msgr-loopback's simulated network (loop:// cannot cross" in out.stdout
+
+
+def test_demo_nodes_exit_when_the_demo_itself_is_killed() -> None:
+    """SIGKILL gives the demo no chance to clean up: each node sees its
+    stdin close and exits on its own."""
+    import time
+
+    demo = subprocess.Popen([*MSGR, "demo", "--duration", "60"], stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            seen.append(line)
+            if line.startswith("== steady state"):
+                break
+        pids = _pids("".join(seen))
+        assert len(pids) == 5 and all(_alive(p) for p in pids)
+        demo.kill()
+        demo.wait()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if demo.stdout:
+            demo.stdout.close()
+    # Orphans are not our children: nothing to wait on but their pids (bounded).
+    deadline = time.monotonic() + 30
+    while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)], "node processes outlived the demo"
