@@ -72,7 +72,9 @@ def _failure_kind(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
     if isinstance(exc, ConnectionAbortedError | TimeoutError):
-        return "TIMEOUT"
+        return "TIMEOUT"  # asyncio's ssl_handshake_timeout
+    if isinstance(exc, ConnectionResetError):
+        return "CONNECTION_RESET"
     if isinstance(exc, ssl.SSLError):
         return "SSL_ERROR"
     return type(exc).__name__
@@ -337,7 +339,9 @@ class TlsTransport(TcpTransport):
 
     :ivar handshake_failures: failed accepting handshakes by OpenSSL
         reason (``CERTIFICATE_VERIFY_FAILED``, ``TLSV1_ALERT_UNKNOWN_CA``,
-        ``UNSUPPORTED_PROTOCOL``, ``TIMEOUT``, ...).
+        ``UNSUPPORTED_PROTOCOL``, ``PEER_DID_NOT_RETURN_A_CERTIFICATE``,
+        ``WRONG_VERSION_NUMBER`` (not TLS at all), ``TIMEOUT``,
+        ``CONNECTION_RESET``, ...).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("tls",)
@@ -448,6 +452,13 @@ class TlsTransport(TcpTransport):
         except ssl.SSLError as exc:
             err = LinkClosed(f"TLS handshake with {where} (as {name!r}) failed: {_reason(exc)}", cause=exc)
             raise err from exc
+        except ConnectionResetError as exc:
+            # the listener refused the handshake and aborted before we read its alert
+            raise LinkClosed(
+                f"TLS handshake with {where} (as {name!r}) failed: the listener reset the connection "
+                "(it refused the handshake: its log says why)",
+                cause=exc,
+            ) from exc
         except ConnectionAbortedError as exc:  # asyncio's ssl_handshake_timeout
             raise TimeoutError(f"TLS handshake with {where} took longer than {timeout:g} s") from exc
 
