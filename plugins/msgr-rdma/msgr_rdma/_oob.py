@@ -138,6 +138,8 @@ class OobChannel(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._closing = False
         self.on_made: Callable[[OobChannel], None] | None = None
+        #: resolved once the connection is gone (closed by either side)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -189,6 +191,8 @@ class OobChannel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._wake()
+        if not self.done.done():
+            self.done.set_result(None)
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None and not self._closing:
             on_lost()

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -207,6 +208,7 @@ class RdmaListener(Listener):
     def _channel(self) -> OobChannel:
         ch = OobChannel(self._transport._max_wire_message())
         ch.on_made = self._spawn
+        self._transport._track(ch)
         return ch
 
     def _spawn(self, ch: OobChannel) -> None:
@@ -248,6 +250,11 @@ class RdmaTransport(Transport):
         self.settings = RdmaSettings.from_mapping(options.settings)
         self._ctx: VerbsContext | None = None
         self.links: set[RdmaLink] = set()
+        self._channels: set[OobChannel] = set()
+
+    def _track(self, ch: OobChannel) -> None:
+        self._channels.add(ch)
+        ch.done.add_done_callback(lambda _f: self._channels.discard(ch))
 
     @property
     def _kind(self) -> int:
@@ -317,7 +324,7 @@ class RdmaTransport(Transport):
         cq, qp, mr = self._make_qp(ctx)
         try:
             async with asyncio.timeout(self.options.connect_timeout):
-                ch, info = await dial(host, port, qp, self._info(qp))
+                ch, info = await dial(host, port, qp, self._info(qp), track=self._track)
         except BaseException:
             _release(cq, qp, mr)
             raise
@@ -424,6 +431,14 @@ class RdmaTransport(Transport):
         return client
 
     async def aclose(self) -> None:
+        """Abort the links still open (they cannot outlive the device
+        context), wait for their setup connections to close, release the
+        device."""
+        for link in list(self.links):
+            link.abort()
+        waiting = [ch.done for ch in self._channels if not ch.done.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=5)
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
@@ -439,7 +454,9 @@ def _release(cq: CompletionQueue | None, qp: QueuePair | None, mr: MemoryRegion 
         mr.dereg()
 
 
-async def dial(host: str, port: int, qp: QueuePair, mine: ConnInfo) -> tuple[OobChannel, ConnInfo]:
+async def dial(
+    host: str, port: int, qp: QueuePair, mine: ConnInfo, *, track: Callable[[OobChannel], None] | None = None
+) -> tuple[OobChannel, ConnInfo]:
     """The connecting side of the exchange: ``qp`` (in INIT, receives
     posted) ends in RTS, connected to the listener's new QP; the caller
     bounds the time.  Also used by tests to connect a raw QP.
@@ -450,6 +467,8 @@ async def dial(host: str, port: int, qp: QueuePair, mine: ConnInfo) -> tuple[Oob
     :raises ProtocolError: the listener is not an msgr-rdma one (or another version).
     """
     ch = await open_channel(host, port)
+    if track is not None:
+        track(ch)
     try:
         qp.attach(ch)
         ch.send(M_INFO, encode_info(mine))
