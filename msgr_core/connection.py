@@ -952,12 +952,6 @@ class Connection:
             self.unhandled += 1
             self._reply_error(cid, verb, "UnknownVerb", f"no handler for verb {verb!r}")
             return
-        if self._inflight >= self._max_inflight:
-            # refuse before running anything: the caller gets PeerBusy
-            self.unhandled += 1
-            self._reply_error(cid, verb, "PeerBusy", f"{self._ms.name} already runs {self._inflight} requests "
-                              f"from {self._who()} (limits.max_requests_in_flight)")
-            return
         msg = Message(verb, payload, frame[2:], self, priority)
         try:
             result = handler(msg)
@@ -965,6 +959,15 @@ class Connection:
             self._handler_failed(cid, verb, exc)
             return
         if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+            if self._inflight >= self._max_inflight:
+                # an async handler over the limit: its coroutine never starts
+                # (plain handlers always run: they hold no task)
+                if inspect.iscoroutine(result):
+                    result.close()
+                self.unhandled += 1
+                self._reply_error(cid, verb, "PeerBusy", f"{self._ms.name} already runs {self._inflight} "
+                                  f"requests from {self._who()} (limits.max_requests_in_flight)")
+                return
             self._inflight += 1
             self._ms._spawn(self._run_request(cid, verb, priority, result))
         else:

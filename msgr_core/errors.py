@@ -266,5 +266,7 @@ class UnknownVerb(RemoteError):
 
 
 class PeerBusy(RemoteError):
-    """The peer refused the request because it already runs
-    ``limits.max_requests_in_flight`` of ours; retry later (nothing ran)."""
+    """The peer refused the request: it already runs
+    ``limits.max_requests_in_flight`` asynchronous handlers for us.  The
+    handler did not start (a coroutine handler is never resumed); retry
+    later.  Plain (synchronous) handlers hold no task and are never refused."""
