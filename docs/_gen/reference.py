@@ -67,7 +67,7 @@ CORE_KEY_DOCS: dict[str, dict[str, str]] = {
 }
 
 #: Sections described on a page of their own.
-SECTION_PAGES = {"auth": "the security pages"}
+SECTION_PAGES = {"auth": "[security](security.md#authentication-auth)"}
 
 
 def _fmt(value: Any) -> str:
