@@ -3,9 +3,9 @@
 Only what a reliable-connected (RC) messaging protocol needs: memory
 registration with access flags, one completion queue with a completion
 channel descriptor, and a queue pair with ``post_recv``, ``post_send``,
-``rdma_write``, ``rdma_read`` and state transitions.  Two implementations:
-:mod:`msgr_rdma.emulation` (strict, in-process) and the pyverbs backend
-(:func:`open_verbs_device`).
+``rdma_write``, ``rdma_read`` and state transitions.  Implementations:
+:mod:`msgr_rdma.emulation` (strict; in-process or across processes) and
+the pyverbs backend (:func:`open_verbs_device`, :mod:`msgr_rdma._pyverbs`).
 
 Semantics every implementation keeps (those of ibverbs, RC service):
 
@@ -155,7 +155,7 @@ class VerbsError(TransportError, OSError):
 SOFT_ROCE_HINT = (
     "on a host whose kernel has RDMA support (CONFIG_RDMA_RXE), create a Soft-RoCE device with "
     "`rdma link add rxe0 type rxe netdev eth0` (rdma-core's iproute2 `rdma` tool), or select the "
-    'test backend explicitly with [rdma] backend = "emulated"'
+    'test backend explicitly with [rdma] backend = "emulated" (or "emulated-ipc" across processes)'
 )
 
 
