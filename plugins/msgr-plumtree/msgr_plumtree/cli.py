@@ -63,6 +63,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     paper.add_argument("--settle", type=float, default=30.0, help="seconds (virtual) for the overlay to form")
     paper.add_argument("--plot", metavar="PNG", help="plot the rows (needs matplotlib: msgr-plumtree[sim])")
     paper.add_argument("--svg", metavar="FILE", help="draw the delivery tree of the last single-sender broadcast")
+    paper.add_argument("--from-csv", metavar="CSV", help="run nothing: summarize (and --plot) the rows of a CSV "
+                                                         "an earlier --paper run wrote")
     p.set_defaults(func=_cmd_sim)
 
 
@@ -139,7 +141,11 @@ def _cmd_paper(args: argparse.Namespace) -> int:
 
     rows: list[Any] = []
     pictures: list[str] = []
-    for n in args.nodes:
+    if args.from_csv:
+        from .sim import read_rows
+
+        rows = read_rows(args.from_csv)
+    for n in [] if args.from_csv else args.nodes:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0, c0 = time.perf_counter(), time.process_time()
 

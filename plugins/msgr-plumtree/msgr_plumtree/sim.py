@@ -518,6 +518,16 @@ def plot(rows: list[Row], path: str) -> None:
     plt.close(fig)
 
 
+def read_rows(path: str) -> list[Row]:
+    """The rows of a CSV written by ``msgr sim plumtree --csv``."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [Row(int(d["nodes"]), int(d["seed"]), d["scenario"], int(d["step"]), int(d["broadcasts"]),
+                    float(d["reliability"]), float(d["rmr"]), float(d["ldh"]), float(d["payload_msgs"]))
+                for d in csv.DictReader(f)]
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 

@@ -92,3 +92,6 @@ def test_pt_sim_paper_command_csv_plot_svg(tmp_path: Path, capsys: pytest.Captur
     assert [r["scenario"] for r in rows] == ["single"] * 3 + ["pre-50%"] * 3 + ["fail-50%"] * 3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ET.parse(svg).getroot().tag == f"{SVG}svg"
+    # the same summary again from the CSV alone
+    assert main(["sim", "plumtree", "--paper", "--from-csv", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
