@@ -36,13 +36,15 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 _recv: Callable[..., Any] = zmq.backend.Socket.recv
 _get: Callable[..., Any] = zmq.backend.Socket.get
 
-NB = zmq.NOBLOCK
-NB_MORE = zmq.NOBLOCK | zmq.SNDMORE
-MORE = zmq.SNDMORE
-RCVMORE = zmq.RCVMORE
-EVENTS = zmq.EVENTS
-POLLIN = zmq.POLLIN
-POLLOUT = zmq.POLLOUT
+# Plain ints, not pyzmq's enums: ``ev & POLLIN`` on an IntFlag builds a
+# new enum member through Python code on every test.
+NB = int(zmq.NOBLOCK)
+NB_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+MORE = int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
 Again = zmq.Again
 ZMQError = zmq.ZMQError
 
@@ -50,7 +52,7 @@ ZMQError = zmq.ZMQError
 READ_BUDGET = 512
 #: A safety net only: how often to look whether libzmq has sent a large
 #: frame (seconds) in case its release notification does not come.
-_REAP_FALLBACK = 0.05
+_REAP_FALLBACK = 0.1
 
 # link states
 CONNECTING = 0
@@ -383,7 +385,7 @@ class ZmqLink(Link):
                 nb = b.nbytes if type(b) is memoryview else len(b)
                 _send(s, b, flags, nb < thr)
         if tracked >= 0 and self._reap_timer is None:
-            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_tick)
+            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_fallback)
 
     def _released(self, _ref: object) -> None:
         """libzmq let go of a zero-copy frame.  Called in whatever thread
@@ -403,13 +405,21 @@ class ZmqLink(Link):
 
     def _reap_tick(self) -> None:
         self._release_pending = False  # before looking: a later release wakes us again
-        if self._reap_timer is not None:
-            self._reap_timer.cancel()
-            self._reap_timer = None
+        self._reap()
+        # what the session sends on resume_writing goes to libzmq now
+        self._flushing_after(self._check_watermarks)
+
+    def _flushing_after(self, fn: Callable[[], None]) -> None:
+        """Call ``fn``, then hand what it queued to libzmq at once
+        (instead of on the next loop iteration)."""
+        raise NotImplementedError
+
+    def _reap_fallback(self) -> None:
+        self._reap_timer = None
         self._reap()
         self._check_watermarks()
         if self._inflight and self._state < CLOSED:
-            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_tick)
+            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_fallback)
 
     def _send_final(self) -> bool:
         s = self._sock
