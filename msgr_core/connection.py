@@ -145,6 +145,9 @@ class _Port:
     def link_made(self, link: Link) -> None:
         self.link = link
         if self.session is not None:
+            # until the handshake is done only handshake frames may come:
+            # a peer cannot make us reserve max_frame_bytes before it
+            link.limit_frames(2 * self.session._max_header)  # header + body
             self.session._link_made(self)
 
     def frame_received(self, frame: list[Buffer]) -> None:
@@ -1135,6 +1138,8 @@ class Connection:
         port.session = self
         self._port = port
         self._link = port.link
+        if port.link is not None:
+            port.link.limit_frames(None)
         self._paused = False
         self.links += 1
         if self._timer is not None:

@@ -115,6 +115,17 @@ class StreamDecoder:
         self._big_lengths: list[int] = []
         self.bytes_received = 0
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest body accepted from now on; may be changed at any
+        time, also from ``on_frame`` (the next frame is checked against
+        the new value)."""
+        return self._max
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None:
+        self._max = value
+
     # -- the BufferedProtocol side --------------------------------------
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:

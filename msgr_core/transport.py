@@ -155,6 +155,24 @@ class Link(abc.ABC):
         for frame in frames:
             self.send(frame)
 
+    def limit_frames(self, max_bytes: int | None) -> None:
+        """From now on, end the link with :class:`FrameTooLarge` on a
+        received frame announcing more than ``max_bytes`` — *before*
+        allocating anything for it; ``None`` restores the transport's
+        ``max_frame_bytes``.
+
+        The session calls it with twice ``limits.max_header_bytes`` (a
+        handshake frame's header and body) when a link is made and with
+        ``None`` once the handshake (and authentication) is done, so an
+        unauthenticated peer cannot make a listener reserve
+        ``max_frame_bytes`` per pending link.  Transports that size a
+        receive buffer from a frame's announced length (streams) must
+        honour it; for others (whole messages handed over by the medium,
+        in-process objects) the default, doing nothing, is right: the
+        session still refuses a large frame before the handshake.
+        """
+        return None  # optional: see above
+
     @abc.abstractmethod
     def write_buffer_size(self) -> int:
         """Bytes queued in the transport and not yet handed to the medium."""

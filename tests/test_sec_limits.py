@@ -133,3 +133,29 @@ async def test_requests_in_flight_per_peer_are_bounded() -> None:
             assert [(await c).payload for c in calls[:4]] == [0, 1, 2, 3]
             await conn.request("msgr.ping", timeout=10)
             assert peak == 4
+
+
+@pytest.mark.parametrize("announced", [1024 * 1024, 32 * 1024 * 1024], ids=["1MiB", "32MiB"])
+async def test_large_frame_before_the_handshake_is_refused_on_its_prefix(announced: int) -> None:
+    """A peer that has not completed the handshake announces a frame far
+    over the handshake's size but under ``max_frame_bytes``: the link ends on
+    the length prefix alone (no buffer reserved for the body, no waiting for
+    the handshake deadline), counted as ``frame_too_large``."""
+    server = _server(handshake_timeout=60.0)
+    prefix = encode_prefix([memoryview(bytearray(announced))], 1 << 30)
+    async with server:
+        reader, writer = await _open(server)
+        writer.write(BANNER + prefix + b"x" * 100)  # and then nothing: the body never comes
+        await _closed_by_server(reader)  # well before the 60 s deadline (the read's guard is 10 s)
+        writer.close()
+        assert server.stats["rejected"] == {"frame_too_large": 1}
+
+
+async def test_after_the_handshake_large_frames_flow() -> None:
+    """The pre-handshake limit is lifted once the session is open."""
+    server = _server()
+    server.register_handler("size", lambda msg: len(msg.payload))
+    client = Messenger.from_config({"messenger": {"name": "client", "transports": ["tcp"]}})
+    async with server, client:
+        big = bytes(8 * 1024 * 1024)
+        assert await client.send_message("size", server.addresses[0], big, timeout=30) == len(big)

@@ -343,6 +343,12 @@ class StreamLink(Link, asyncio.BufferedProtocol):
         finally:
             self._pending_bytes += size
 
+    def limit_frames(self, max_bytes: int | None) -> None:
+        """Receive no frame over ``max_bytes`` (``None``: the configured
+        ``max_frame_bytes``); checked on the announced length, before the
+        decoder allocates anything for the frame."""
+        self._decoder.max_frame_bytes = self._max if max_bytes is None else min(max_bytes, self._max)
+
     def write_buffer_size(self) -> int:
         """Bytes queued here (this iteration's frames) and in the asyncio
         transport, not yet taken by the kernel."""

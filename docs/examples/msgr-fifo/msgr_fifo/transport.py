@@ -151,6 +151,11 @@ class FifoLink(Link):
         for frame in frames:
             self.send(frame)
 
+    def limit_frames(self, max_bytes: int | None) -> None:
+        # the session's pre-handshake limit: checked on a frame's announced
+        # length, before the decoder allocates anything for it
+        self._decoder.max_frame_bytes = self._max if max_bytes is None else min(max_bytes, self._max)
+
     def write_buffer_size(self) -> int:
         if self._writer is None or self._writer.is_closing():
             return 0
