@@ -52,6 +52,7 @@ import logging
 import math
 import random
 import secrets
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,50 @@ _OVERHEAD = 32
 _unpackb = msgpack.unpackb
 _packb = msgpack.packb
 
+# The session header (the first buffer of every frame): a fixed struct, then
+# the verb in UTF-8 (the rest of the buffer).  See msgr_core.message.
+_HDR = struct.Struct("!BBBQQQ")  # type, flags, priority, seq, ack, cid
+_HDR_SIZE = _HDR.size
+_hdr_pack = _HDR.pack
+_hdr_unpack = _HDR.unpack_from
+# verb <-> UTF-8 caches (a messenger uses few verbs; bounded all the same)
+_VERB_CACHE_MAX = 4096
+_verb_bytes: dict[str, bytes] = {"": b""}
+_verb_str: dict[bytes, str] = {b"": ""}
+
+
+def _encode_verb(verb: str) -> bytes:
+    vb = _verb_bytes.get(verb)
+    if vb is None:
+        vb = verb.encode()
+        if len(_verb_bytes) < _VERB_CACHE_MAX:
+            _verb_bytes[verb] = vb
+    return vb
+
+
+def _pack_header(mtype: int, seq: int, ack: int, flags: int, priority: int, cid: int, verb: str) -> bytes:
+    """The session header of one frame."""
+    vb = _verb_bytes.get(verb)
+    return _hdr_pack(mtype, flags, priority, seq, ack, cid) + (vb if vb is not None else _encode_verb(verb))
+
+
+def _decode_verb(vb: bytes) -> str:
+    verb = _verb_str.get(vb)
+    if verb is None:
+        verb = vb.decode()  # UnicodeDecodeError is a ValueError: a malformed header
+        if len(_verb_str) < _VERB_CACHE_MAX:
+            _verb_str[vb] = verb
+    return verb
+
+
+def _unpack_header(head: Buffer) -> tuple[int, int, int, int, int, int, str]:
+    """``(type, seq, ack, flags, priority, cid, verb)`` of a session header.
+
+    :raises struct.error: shorter than the fixed part.
+    :raises UnicodeDecodeError: the verb is not UTF-8."""
+    mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
+    return mtype, seq, ack, flags, priority, cid, _decode_verb(bytes(head[_HDR_SIZE:]))
+
 # queue item: (mtype, flags, priority, cid, verb, body, attachments, size)
 _Item = tuple[int, int, int, int, str, Any, Sequence[Buffer], int]
 
@@ -115,7 +160,7 @@ def _frame_cost(frame: Sequence[Buffer]) -> int:
 
 def _item_of(frame: Sequence[Buffer]) -> _Item:
     """Rebuild a queue item from a sent frame (rare: to report it undeliverable)."""
-    mtype, _seq, _ack, flags, priority, cid, verb = _unpackb(frame[0], use_list=False)
+    mtype, _seq, _ack, flags, priority, cid, verb = _unpack_header(frame[0])
     body = frame[1]
     attachments = tuple(frame[2:])
     return (mtype, flags, priority, cid, verb, body, attachments, _frame_cost(frame) - _OVERHEAD)
@@ -228,6 +273,7 @@ class Connection:
             collections.deque(), collections.deque(), collections.deque())
         self._queued_bytes = 0
         self._paused = False
+        self._credit = 0  # bytes the link takes before write_buffer_size() is asked again
         self._window_full = False
         self._recheck: asyncio.TimerHandle | asyncio.Handle | None = None
         self._space_waiters: list[asyncio.Future[None]] = []
@@ -245,6 +291,10 @@ class Connection:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
         self._unacked_bytes = 0
+        # window accounting without a per-frame size at ack time: the running
+        # total of what was put in the window, and that total after each frame
+        self._window_total = 0
+        self._unacked_totals: collections.deque[int] = collections.deque()
         # a resume's replay, fed to the link like the queues (under its
         # watermark), before anything new: frames, and the seq of the first
         self._replay_frames: list[Sequence[Buffer]] | None = None
@@ -458,7 +508,7 @@ class Connection:
         link = self._link
         if self.state != OPEN or link is None:
             return False
-        header = self._ms._packer.pack((m.OOB, 0, self._in_seq, m.PACKED, Priority.OOB, 0, ""))
+        header = _pack_header(m.OOB, 0, self._in_seq, m.PACKED, Priority.OOB, 0, "")
         try:
             link.send((header, _packb(payloads)))
         except LinkClosed:
@@ -474,6 +524,10 @@ class Connection:
 
     def _submit(self, mtype: int, verb: str, payload: Any, attachments: Sequence[Buffer],
                 priority: int, cid: int) -> None:
+        # The hot path.  While the session is open with nothing queued, the
+        # message goes to the link at once (no queue item); the link's
+        # write_buffer_size() is asked only when the byte credit it gave last
+        # time is used up (sends only add to it; flushes only take away).
         tp = type(payload)
         if tp is bytes or tp is bytearray:
             body = payload
@@ -492,19 +546,50 @@ class Connection:
                 size += _nbytes(a)
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame, peer=self._who())
+        if not 0 <= priority <= 2:
+            priority = Priority.NORMAL
         state = self.state
         if (state == OPEN and not self._paused and not self._window_full and not self._queued_bytes
                 and self._replay_frames is None):
             link = self._link
-            if link is not None and link.write_buffer_size() < self._high:
-                self._transmit(mtype, flags, priority, cid, verb, body, attachments, size)
-                return
+            if link is not None:
+                credit = self._credit
+                if credit <= 0:
+                    credit = self._high - link.write_buffer_size()
+                if credit > 0:
+                    self._credit = credit - size - _OVERHEAD
+                    # inline _transmit (one call less per message)
+                    seq = self._out_seq = self._out_seq + 1
+                    ack = self._ack_sent = self._in_seq
+                    vb = _verb_bytes.get(verb)
+                    header = _hdr_pack(mtype, flags, priority, seq, ack, cid) + (
+                        vb if vb is not None else _encode_verb(verb))
+                    frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
+                    if self._lossless:
+                        unacked = self._unacked
+                        unacked.append(frame)
+                        total = self._window_total = self._window_total + size + _OVERHEAD
+                        self._unacked_totals.append(total)
+                        self._unacked_bytes += size + _OVERHEAD
+                        if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
+                            self._window_full = True
+                    try:
+                        link.send(frame)
+                    except LinkClosed:
+                        if not self._lossless:
+                            self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)],
+                                                "link closed")
+                        return
+                    self.msgs_out += 1
+                    self.bytes_out += size
+                    if self._inject_n and self._rng.random() * self._inject_n < 1.0:
+                        self._inject_failure()
+                    return
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
         if self._queued_bytes + size + _OVERHEAD > self._max_queued and self._queued_bytes:
             raise Backpressure(self._who(), self._queued_bytes, self._max_queued)
-        prio = priority if 0 <= priority <= 2 else Priority.NORMAL
-        self._queues[prio].append((mtype, flags, priority, cid, verb, body, attachments, size))
+        self._queues[priority].append((mtype, flags, priority, cid, verb, body, attachments, size))
         self._queued_bytes += size + _OVERHEAD
         if state == OPEN:
             if not self._paused and self._recheck is None:
@@ -514,20 +599,22 @@ class Connection:
 
     def _transmit(self, mtype: int, flags: int, priority: int, cid: int, verb: str,
                   body: Any, attachments: Sequence[Buffer], size: int) -> None:
-        # The hot path: one call per message, no tuple it does not need.
+        # A queued message leaves (from _pump); _submit has its own copy of this.
         link = self._link
         if link is None:
             self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)], "no link")
             return
         seq = self._out_seq = self._out_seq + 1
         ack = self._ack_sent = self._in_seq
-        header = self._ms._packer.pack((mtype, seq, ack, flags, priority, cid, verb))
-        frame: Sequence[Buffer] = [header, body, *attachments] if attachments else (header, body)
+        header = _pack_header(mtype, seq, ack, flags, priority, cid, verb)
+        frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
         if self._lossless:
             # the window holds frames in sequence order: the first one's
             # number is _out_seq - len(_unacked) + 1
             unacked = self._unacked
             unacked.append(frame)
+            total = self._window_total = self._window_total + size + _OVERHEAD
+            self._unacked_totals.append(total)
             self._unacked_bytes += size + _OVERHEAD
             if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
                 self._window_full = True
@@ -560,7 +647,7 @@ class Connection:
         if link is None or link.is_closing():
             return
         flags = m.PACKED if body != b"" else 0
-        header = self._ms._packer.pack((mtype, 0, self._in_seq, flags, 0, cid, verb))
+        header = _pack_header(mtype, 0, self._in_seq, flags, 0, cid, verb)
         if mtype not in (m.HELLO, m.HELLO_OK):
             self._ack_sent = self._in_seq
         with contextlib.suppress(LinkClosed):
@@ -568,6 +655,7 @@ class Connection:
 
     def _pump(self) -> None:
         self._recheck = None
+        self._credit = 0  # the pump filled the link: ask it again
         link = self._link
         if self.state != OPEN or link is None:
             return
@@ -672,12 +760,19 @@ class Connection:
         n = ack - (self._out_seq - len(unacked))
         if n <= 0:
             return
-        freed = 0
+        n = min(n, len(unacked))
+        if n <= 0:
+            return
         popleft = unacked.popleft
-        for _ in range(min(n, len(unacked))):
-            frame = popleft()
-            freed += _frame_cost(frame)
-        self._unacked_bytes -= freed
+        totals = self._unacked_totals
+        pop_total = totals.popleft
+        for _ in range(n - 1):
+            popleft()
+            pop_total()
+        popleft()
+        # what is left in the window: everything put in minus the running
+        # total after the last frame acknowledged
+        self._unacked_bytes = self._window_total - pop_total()
         if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
                 and len(unacked) <= self._max_unacked_msgs:
             self._window_full = False
@@ -745,21 +840,29 @@ class Connection:
         self._kick()
 
     def _frame(self, port: _Port, frame: list[Buffer]) -> None:
+        # The receive hot path: one call per frame up to the handler.
         self._rx += 1
         if self._delayed is not None or (self._delay_p and self._rng.random() < self._delay_p):
             self._delay_frame(port, frame)
             return
         try:
             head = frame[0]
-            if _nbytes(head) > self._max_header:
-                raise ProtocolError(f"header of {_nbytes(head)} bytes over limits.max_header_bytes "
+            hlen = head.nbytes if type(head) is memoryview else len(head)
+            if hlen > self._max_header:
+                raise ProtocolError(f"header of {hlen} bytes over limits.max_header_bytes "
                                     f"= {self._max_header}")
-            mtype, seq, ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
+            mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
+            vb = head[_HDR_SIZE:]
+            if type(vb) is not bytes:
+                vb = bytes(vb)
+            verb = _verb_str.get(vb)
+            if verb is None:
+                verb = _decode_verb(vb)
             if len(frame) < 2:
                 raise ProtocolError("message frame without a payload segment")
             body = frame[1]
             payload = _unpackb(body) if flags & m.PACKED else body
-        except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
+        except (ValueError, TypeError, struct.error, msgpack.UnpackException, ProtocolError) as exc:
             self._protocol_error(port, exc if isinstance(exc, ProtocolError) else
                                  ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
             return
@@ -771,12 +874,13 @@ class Connection:
         if ack and self._unacked:
             self._acked(ack)
         if seq:
-            if seq != self._in_seq + 1:
-                if seq <= self._in_seq:
+            in_seq = self._in_seq
+            if seq != in_seq + 1:
+                if seq <= in_seq:
                     self.duplicates += 1
                     return
                 self._protocol_error(port, ProtocolError(
-                    f"sequence gap: got {seq}, expected {self._in_seq + 1}"))
+                    f"sequence gap: got {seq}, expected {in_seq + 1}"))
                 return
             self._in_seq = seq
             if self._lossless:
@@ -785,6 +889,23 @@ class Connection:
                 elif self._ack_timer is None:
                     self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
             self.msgs_in += 1
+            if mtype == m.MSG and not self._blackhole:
+                # _dispatch_oneway, inlined
+                self.bytes_in += len(body) if type(body) is not memoryview else body.nbytes
+                handler = self._ms._oneway_handlers.get(verb)
+                msg = Message(verb, payload, frame[2:], self, priority)
+                if handler is None:
+                    self._unhandled(msg)
+                    return
+                try:
+                    result = handler(msg)
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
+                    return
+                if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+                    self._ms._spawn(self._run_oneway(verb, result))
+                return
             if self._blackhole:
                 return
             if mtype == m.MSG:
@@ -1042,6 +1163,7 @@ class Connection:
         self._port = port
         self._link = port.link
         self._paused = False
+        self._credit = 0
         self.links += 1
         if self._timer is not None:
             self._timer.cancel()
@@ -1219,6 +1341,7 @@ class Connection:
             lost.extend(q)
             q.clear()
         self._unacked.clear()
+        self._unacked_totals.clear()
         self._unacked_bytes = 0
         self._replay_frames = None
         self._queued_bytes = 0

@@ -43,6 +43,10 @@ _SEG2_SIZE = _SEG2.size
 _INITIAL_BUFFER = 4 * 1024
 
 
+def _drop(frame: list[Buffer]) -> None:
+    pass
+
+
 def _nbytes(b: Buffer) -> int:
     return b.nbytes if type(b) is memoryview else len(b)
 
@@ -148,6 +152,11 @@ class StreamDecoder:
             mv = mv[n:]
             self.buffer_updated(n)
 
+    def stop(self) -> None:
+        """Deliver no more frames (the stream is closing); bytes still fed
+        are parsed and dropped."""
+        self._on_frame = _drop
+
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame held (0 at a frame boundary)."""
@@ -193,23 +202,28 @@ class StreamDecoder:
             self._start += len(BANNER)
             self._banner = False
         start, end = self._start, self._end
-        on_frame = self._on_frame
         unpack_head = _HEAD.unpack_from
         unpack_two = _SEG2.unpack_from
         limit = self._max
         try:
-            while end - start >= _HEAD_SIZE:
-                total, nseg = unpack_head(buf, start)
-                if nseg == 2 and total <= limit and end - start >= _SEG2_SIZE + total:
-                    # the common case (header + payload, whole frame present)
-                    _, _, a, b = unpack_two(buf, start)
-                    body = start + _SEG2_SIZE
-                    if a + b != total:
-                        raise ProtocolError(f"frame segment lengths sum to {a + b}, header says {total}")
-                    start = body + total
-                    self._start = start
-                    on_frame([view[body : body + a].tobytes(), view[body + a : start].tobytes()])
-                    continue
+            while True:
+                avail = end - start
+                if avail >= _SEG2_SIZE:
+                    total, nseg, a, b = unpack_two(buf, start)
+                    if nseg == 2 and total <= limit and avail >= _SEG2_SIZE + total:
+                        # the common case (header + payload, whole frame present)
+                        body = start + _SEG2_SIZE
+                        if a + b != total:
+                            raise ProtocolError(f"frame segment lengths sum to {a + b}, header says {total}")
+                        start = body + total
+                        self._start = start
+                        # looked up per frame: stop() may have been called by the last one
+                        self._on_frame([view[body : body + a].tobytes(), view[body + a : start].tobytes()])
+                        continue
+                elif avail < _HEAD_SIZE:
+                    break
+                else:
+                    total, nseg = unpack_head(buf, start)
                 if total > self._max:
                     raise FrameTooLarge(total, self._max)
                 if nseg == 0 or nseg > MAX_SEGMENTS:
@@ -234,7 +248,7 @@ class StreamDecoder:
                         pos += ln
                     start = pos
                     self._start = start
-                    on_frame(segs)
+                    self._on_frame(segs)
                     continue
                 if total >= self._direct_threshold:
                     big = bytearray(total)

@@ -4,7 +4,15 @@ On a link, one message is one frame::
 
     [header, payload, attachment, ...]
 
-``header`` is a msgpack array ``[type, seq, ack, flags, priority, cid, verb]``.
+``header`` is a fixed big-endian struct followed by the verb::
+
+    u8 type | u8 flags | u8 priority | u64 seq | u64 ack | u64 cid | verb (UTF-8, the rest)
+
+27 bytes plus the verb: packed and parsed with one precompiled
+``struct.Struct`` (cheaper than msgpack, which protocol version 1 used).
+``seq`` is the sender's sequence number (0 for unsequenced control frames),
+``ack`` the last sequence number it received, ``cid`` the request/reply
+correlation id (0 for oneway messages).
 ``payload`` is the caller's bytes as given (flag ``PACKED`` clear) or any
 msgpack-serialisable object packed (flag set).  Attachments are extra buffers
 that are never packed or copied.
@@ -39,7 +47,7 @@ OOB = 12
 # flags
 PACKED = 1
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: fixed struct session header (1: msgpack)
 
 
 class Priority(enum.IntEnum):
