@@ -15,12 +15,17 @@ hands out :meth:`StreamDecoder.get_buffer` and reports
 reused receive buffer (cheaper than keeping views into it alive); a frame
 whose body is at least ``direct_threshold`` bytes is received straight into
 a buffer of its own, and its segments are delivered as views of it — no
-copy at all on the large-message path.
+copy at all on the large-message path.  That buffer is kept when the frame
+is done and reused for the next large frame of a similar size once nothing
+refers to it any more (the receiver dropped every view of it; CPython's
+reference count says so), which saves zero-filling and page-faulting a
+fresh buffer per message.  A view the receiver keeps is never overwritten.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Sequence
 
 from .errors import FrameTooLarge, ProtocolError
@@ -41,6 +46,9 @@ _U32 = struct.Struct("!I")
 _HEAD_SIZE = _HEAD.size
 _SEG2_SIZE = _SEG2.size
 _INITIAL_BUFFER = 4 * 1024
+_MAX_SPARE = 256 * 1024 * 1024
+# CPython: a reference count tells when a large frame's buffer is free to reuse
+_refcount: Callable[[object], int] | None = getattr(sys, "getrefcount", None)
 
 
 def _drop(frame: list[Buffer]) -> None:
@@ -116,7 +124,11 @@ class StreamDecoder:
         self._big: bytearray | None = None
         self._big_view: memoryview | None = None
         self._big_filled = 0
+        self._big_total = 0
         self._big_lengths: list[int] = []
+        # the buffer of the last large frame, reused for the next one once
+        # nothing refers to it any more (no page faults, no zero-filling)
+        self._spare: bytearray | None = None
         self.bytes_received = 0
 
     # -- the BufferedProtocol side --------------------------------------
@@ -134,7 +146,7 @@ class StreamDecoder:
         self.bytes_received += nbytes
         if self._big is not None:
             self._big_filled += nbytes
-            if self._big_filled == len(self._big):
+            if self._big_filled == self._big_total:
                 self._finish_big()
             return
         self._end += nbytes
@@ -251,11 +263,13 @@ class StreamDecoder:
                     self._on_frame(segs)
                     continue
                 if total >= self._direct_threshold:
-                    big = bytearray(total)
+                    big = self._big_buffer(total)
                     got = end - body
-                    big[:got] = view[body:end]
+                    big_view = memoryview(big)[:total]
+                    big_view[:got] = view[body:end]
                     self._big = big
-                    self._big_view = memoryview(big)
+                    self._big_view = big_view
+                    self._big_total = total
                     self._big_filled = got
                     self._big_lengths = list(lengths)
                     start = end = 0
@@ -265,6 +279,19 @@ class StreamDecoder:
                 start = end = 0
             self._start, self._end = start, end
 
+    def _big_buffer(self, total: int) -> bytearray:
+        """A buffer of at least ``total`` bytes for a large frame: the spare
+        when nothing else refers to it (the receiver dropped every view of
+        the frame it held) and its size fits, else a new one."""
+        spare = self._spare
+        if spare is not None:
+            self._spare = None
+            # references: ``spare`` and getrefcount's argument
+            if _refcount is not None and total <= len(spare) <= 2 * total and _refcount(spare) <= 2:
+                return spare
+            del spare
+        return bytearray(total)
+
     def _finish_big(self) -> None:
         big = self._big
         view = self._big_view
@@ -273,6 +300,8 @@ class StreamDecoder:
         self._big_filled = 0
         if big is None or view is None:
             return
+        if _refcount is not None and len(big) <= _MAX_SPARE:
+            self._spare = big
         segs: list[Buffer] = []
         pos = 0
         for ln in lengths:
