@@ -99,6 +99,10 @@ _OVERHEAD = 32
 _unpackb = msgpack.unpackb
 _packb = msgpack.packb
 
+_MSG = m.MSG
+_ACK = m.ACK
+_PACKED = m.PACKED
+
 # The session header (the first buffer of every frame): a fixed struct, then
 # the verb in UTF-8 (the rest of the buffer).  See msgr_core.message.
 _HDR = struct.Struct("!BBBQQQ")  # type, flags, priority, seq, ack, cid
@@ -166,6 +170,108 @@ def _item_of(frame: Sequence[Buffer]) -> _Item:
     return (mtype, flags, priority, cid, verb, body, attachments, _frame_cost(frame) - _OVERHEAD)
 
 
+def _receive(port: _Port, frame: list[Buffer]) -> None:
+    """A frame from ``port``'s link, for the session that owns the port now
+    (``_Port.frame_received`` itself: the receive hot path, one call per
+    frame up to the handler)."""
+    s = port.session
+    if s is None:
+        return
+    s._rx += 1
+    if s._delayed is not None or (s._delay_p and s._rng.random() < s._delay_p):
+        s._delay_frame(port, frame)
+        return
+    try:
+        head = frame[0]
+        hlen = head.nbytes if type(head) is memoryview else len(head)
+        if hlen > s._max_header:
+            raise ProtocolError(f"header of {hlen} bytes over limits.max_header_bytes "
+                                f"= {s._max_header}")
+        mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
+        vb = head[_HDR_SIZE:]
+        if type(vb) is not bytes:
+            vb = bytes(vb)
+        verb = _verb_str.get(vb)
+        if verb is None:
+            verb = _decode_verb(vb)
+        if len(frame) < 2:
+            raise ProtocolError("message frame without a payload segment")
+        body = frame[1]
+        payload = _unpackb(body) if flags & _PACKED else body
+    except (ValueError, TypeError, struct.error, msgpack.UnpackException, ProtocolError) as exc:
+        s._protocol_error(port, exc if isinstance(exc, ProtocolError) else
+                          ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
+        return
+    if s.state != OPEN or port is not s._port:
+        s._handshake_frame(port, mtype, payload)
+        return
+    if s._inject_n and s._rng.random() * s._inject_n < 1.0:
+        s._inject_failure()
+    if ack and s._unacked:
+        s._acked(ack)
+    if seq:
+        in_seq = s._in_seq
+        if seq != in_seq + 1:
+            if seq <= in_seq:
+                s.duplicates += 1
+                return
+            s._protocol_error(port, ProtocolError(
+                f"sequence gap: got {seq}, expected {in_seq + 1}"))
+            return
+        s._in_seq = seq
+        if s._lossless:
+            if seq - s._ack_sent >= s._ack_every or len(body) >= _ACK_NOW_BYTES:
+                s._send_control(_ACK)
+            elif s._ack_timer is None:
+                s._ack_timer = s._loop.call_later(s._ack_delay, s._ack_due)
+        s.msgs_in += 1
+        if mtype == _MSG and not s._blackhole:
+            # _dispatch_oneway, inlined
+            s.bytes_in += len(body) if type(body) is not memoryview else body.nbytes
+            handler = s._ms._oneway_handlers.get(verb)
+            msg = Message(verb, payload, frame[2:], s, priority)
+            if handler is None:
+                s._unhandled(msg)
+                return
+            try:
+                result = handler(msg)
+            except Exception:
+                s.handler_errors += 1
+                log.exception("oneway handler for %r raised (message from %s)", verb, s._who())
+                return
+            if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+                s._ms._spawn(s._run_oneway(verb, result))
+            return
+        if s._blackhole:
+            return
+        if mtype == _MSG:
+            s.bytes_in += _nbytes(body)
+            s._dispatch_oneway(verb, payload, frame, priority)
+        elif mtype == m.REQ:
+            s.bytes_in += _nbytes(body)
+            s._dispatch_request(verb, payload, frame, priority, cid)
+        elif mtype == m.REP or mtype == m.ERR:
+            s._complete(mtype, cid, payload, frame)
+        else:
+            s._protocol_error(port, ProtocolError(f"unexpected sequenced message type {mtype}"))
+        return
+    if mtype == _ACK:
+        return
+    if mtype == m.OOB:
+        s._dispatch_oob(payload)
+    elif mtype == m.KEEPALIVE:
+        s._send_control(m.KEEPALIVE_ACK)
+    elif mtype == m.KEEPALIVE_ACK:
+        pass
+    elif mtype == m.GOODBYE:
+        s._goodbye()
+    elif mtype == m.HELLO:
+        # the peer dialled again while we thought this link was fine
+        s._handshake_frame(port, mtype, payload)
+    else:
+        s._protocol_error(port, ProtocolError(f"unexpected message type {mtype} on an open session"))
+
+
 class _Port:
     """The handler of one link: forwards its events to the session that owns
     it now.  A link can change hands (a resumed session adopts the link its
@@ -186,10 +292,7 @@ class _Port:
         if self.session is not None:
             self.session._link_made(self)
 
-    def frame_received(self, frame: list[Buffer]) -> None:
-        s = self.session
-        if s is not None:
-            s._frame(self, frame)
+    frame_received = _receive
 
     def pause_writing(self) -> None:
         if self.session is not None and self.session._port is self:
@@ -250,6 +353,7 @@ class Connection:
         self._max_frame: int = lim["max_frame_bytes"]
         self._max_header: int = lim["max_header_bytes"]
         self._max_queued: int = lim["max_queued_bytes"]
+        self._request_timeout: float = lim["request_timeout"]
         self._high: int = lim["high_watermark"]
         self._ack_every: int = ses["ack_every"]
         self._ack_delay: float = ses["ack_delay"]
@@ -429,7 +533,7 @@ class Connection:
         self._next_cid = cid + 1
         fut: asyncio.Future[Message] = self._loop.create_future()
         if timeout is None:
-            timeout = self._ms.config["limits"]["request_timeout"]
+            timeout = self._request_timeout
         # One timer per connection, at the earliest deadline (not one per
         # request): most requests are answered long before it fires.
         deadline = self._loop.time() + timeout if timeout else math.inf
@@ -840,100 +944,7 @@ class Connection:
         self._kick()
 
     def _frame(self, port: _Port, frame: list[Buffer]) -> None:
-        # The receive hot path: one call per frame up to the handler.
-        self._rx += 1
-        if self._delayed is not None or (self._delay_p and self._rng.random() < self._delay_p):
-            self._delay_frame(port, frame)
-            return
-        try:
-            head = frame[0]
-            hlen = head.nbytes if type(head) is memoryview else len(head)
-            if hlen > self._max_header:
-                raise ProtocolError(f"header of {hlen} bytes over limits.max_header_bytes "
-                                    f"= {self._max_header}")
-            mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
-            vb = head[_HDR_SIZE:]
-            if type(vb) is not bytes:
-                vb = bytes(vb)
-            verb = _verb_str.get(vb)
-            if verb is None:
-                verb = _decode_verb(vb)
-            if len(frame) < 2:
-                raise ProtocolError("message frame without a payload segment")
-            body = frame[1]
-            payload = _unpackb(body) if flags & m.PACKED else body
-        except (ValueError, TypeError, struct.error, msgpack.UnpackException, ProtocolError) as exc:
-            self._protocol_error(port, exc if isinstance(exc, ProtocolError) else
-                                 ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
-            return
-        if self.state != OPEN or port is not self._port:
-            self._handshake_frame(port, mtype, payload)
-            return
-        if self._inject_n and self._rng.random() * self._inject_n < 1.0:
-            self._inject_failure()
-        if ack and self._unacked:
-            self._acked(ack)
-        if seq:
-            in_seq = self._in_seq
-            if seq != in_seq + 1:
-                if seq <= in_seq:
-                    self.duplicates += 1
-                    return
-                self._protocol_error(port, ProtocolError(
-                    f"sequence gap: got {seq}, expected {in_seq + 1}"))
-                return
-            self._in_seq = seq
-            if self._lossless:
-                if seq - self._ack_sent >= self._ack_every or len(body) >= _ACK_NOW_BYTES:
-                    self._send_control(m.ACK)
-                elif self._ack_timer is None:
-                    self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
-            self.msgs_in += 1
-            if mtype == m.MSG and not self._blackhole:
-                # _dispatch_oneway, inlined
-                self.bytes_in += len(body) if type(body) is not memoryview else body.nbytes
-                handler = self._ms._oneway_handlers.get(verb)
-                msg = Message(verb, payload, frame[2:], self, priority)
-                if handler is None:
-                    self._unhandled(msg)
-                    return
-                try:
-                    result = handler(msg)
-                except Exception:
-                    self.handler_errors += 1
-                    log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
-                    return
-                if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
-                    self._ms._spawn(self._run_oneway(verb, result))
-                return
-            if self._blackhole:
-                return
-            if mtype == m.MSG:
-                self.bytes_in += _nbytes(body)
-                self._dispatch_oneway(verb, payload, frame, priority)
-            elif mtype == m.REQ:
-                self.bytes_in += _nbytes(body)
-                self._dispatch_request(verb, payload, frame, priority, cid)
-            elif mtype == m.REP or mtype == m.ERR:
-                self._complete(mtype, cid, payload, frame)
-            else:
-                self._protocol_error(port, ProtocolError(f"unexpected sequenced message type {mtype}"))
-            return
-        if mtype == m.ACK:
-            return
-        if mtype == m.OOB:
-            self._dispatch_oob(payload)
-        elif mtype == m.KEEPALIVE:
-            self._send_control(m.KEEPALIVE_ACK)
-        elif mtype == m.KEEPALIVE_ACK:
-            pass
-        elif mtype == m.GOODBYE:
-            self._goodbye()
-        elif mtype == m.HELLO:
-            # the peer dialled again while we thought this link was fine
-            self._handshake_frame(port, mtype, payload)
-        else:
-            self._protocol_error(port, ProtocolError(f"unexpected message type {mtype} on an open session"))
+        _receive(port, frame)
 
     def _delay_frame(self, port: _Port, frame: list[Buffer]) -> None:
         """[inject] delays: hold this frame (and, to keep order, every later
