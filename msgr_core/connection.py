@@ -221,7 +221,11 @@ def _receive(port: _Port, frame: list[Buffer]) -> None:
         s._in_seq = seq
         if s._lossless:
             if seq - s._ack_sent >= s._ack_every or len(body) >= _ACK_NOW_BYTES:
-                s._send_control(_ACK)
+                # at the end of this loop iteration: one ack for all the
+                # frames of this read, not one per ack_every of them
+                if not s._ack_soon:
+                    s._ack_soon = True
+                    s._loop.call_soon(s._ack_now)
             elif s._ack_timer is None:
                 s._ack_timer = s._loop.call_later(s._ack_delay, s._ack_due)
         s.msgs_in += 1
@@ -393,6 +397,7 @@ class Connection:
         self._in_seq = 0
         self._ack_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_soon = False  # an ack is scheduled for the end of this loop iteration
         self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
         self._unacked_bytes = 0
         # window accounting without a per-frame size at ack time: the running
@@ -888,6 +893,11 @@ class Connection:
     def _send_ack_soon(self) -> None:
         if self._ack_timer is None and self.state == OPEN:
             self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
+
+    def _ack_now(self) -> None:
+        self._ack_soon = False
+        if self._in_seq > self._ack_sent and self.state == OPEN:
+            self._send_control(m.ACK)
 
     def _ack_due(self) -> None:
         self._ack_timer = None
