@@ -221,11 +221,13 @@ def _receive(port: _Port, frame: list[Buffer]) -> None:
         s._in_seq = seq
         if s._lossless:
             if seq - s._ack_sent >= s._ack_every or len(body) >= _ACK_NOW_BYTES:
-                # at the end of this loop iteration: one ack for all the
-                # frames of this read, not one per ack_every of them
+                # the first ack of a loop iteration goes at once, the others
+                # are folded into one at the end of it (a read of many frames
+                # costs two acks, not one per ack_every of them)
                 if not s._ack_soon:
                     s._ack_soon = True
                     s._loop.call_soon(s._ack_now)
+                    s._send_control(_ACK)
             elif s._ack_timer is None:
                 s._ack_timer = s._loop.call_later(s._ack_delay, s._ack_due)
         s.msgs_in += 1
@@ -301,6 +303,7 @@ class _Port:
     def pause_writing(self) -> None:
         if self.session is not None and self.session._port is self:
             self.session._paused = True
+            self.session._credit = 0
 
     def resume_writing(self) -> None:
         if self.session is not None and self.session._port is self:
@@ -399,10 +402,12 @@ class Connection:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_soon = False  # an ack is scheduled for the end of this loop iteration
         self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
-        self._unacked_bytes = 0
         # window accounting without a per-frame size at ack time: the running
-        # total of what was put in the window, and that total after each frame
+        # total of what was put in the window, that total after each frame in
+        # it, and after the last frame acknowledged (bytes in the window =
+        # _window_total - _acked_total)
         self._window_total = 0
+        self._acked_total = 0
         self._unacked_totals: collections.deque[int] = collections.deque()
         # a resume's replay, fed to the link like the queues (under its
         # watermark), before anything new: frames, and the seq of the first
@@ -491,7 +496,7 @@ class Connection:
             "queued_msgs": sum(len(q) for q in self._queues),
             "queued_bytes": self._queued_bytes,
             "unacked_msgs": len(self._unacked),
-            "unacked_bytes": self._unacked_bytes,
+            "unacked_bytes": self._window_total - self._acked_total,
             "link_buffered_bytes": self._link.write_buffer_size() if self._link else 0,
         }
 
@@ -657,54 +662,63 @@ class Connection:
             raise FrameTooLarge(size, self._max_frame, peer=self._who())
         if not 0 <= priority <= 2:
             priority = Priority.NORMAL
+        credit = self._credit
+        if credit <= 0:
+            credit = self._fresh_credit()
+        if credit > 0:
+            # The fast path: a positive credit means the session is open with
+            # nothing queued, not paused, window not full, no replay pending
+            # (whatever ends one of those zeroes the credit).
+            self._credit = credit - size - _OVERHEAD
+            seq = self._out_seq = self._out_seq + 1
+            ack = self._ack_sent = self._in_seq
+            vb = _verb_bytes.get(verb)
+            header = _hdr_pack(mtype, flags, priority, seq, ack, cid) + (
+                vb if vb is not None else _encode_verb(verb))
+            frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
+            if self._lossless:
+                unacked = self._unacked
+                unacked.append(frame)
+                total = self._window_total = self._window_total + size + _OVERHEAD
+                self._unacked_totals.append(total)
+                if total - self._acked_total > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
+                    self._window_full = True
+                    self._credit = 0
+            try:
+                self._link.send(frame)  # type: ignore[union-attr]  # credit > 0: there is a link
+            except LinkClosed:
+                if not self._lossless:
+                    self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)],
+                                        "link closed")
+                return
+            self.msgs_out += 1
+            self.bytes_out += size
+            if self._inject_n and self._rng.random() * self._inject_n < 1.0:
+                self._inject_failure()
+            return
         state = self.state
-        if (state == OPEN and not self._paused and not self._window_full and not self._queued_bytes
-                and self._replay_frames is None):
-            link = self._link
-            if link is not None:
-                credit = self._credit
-                if credit <= 0:
-                    credit = self._high - link.write_buffer_size()
-                if credit > 0:
-                    self._credit = credit - size - _OVERHEAD
-                    # inline _transmit (one call less per message)
-                    seq = self._out_seq = self._out_seq + 1
-                    ack = self._ack_sent = self._in_seq
-                    vb = _verb_bytes.get(verb)
-                    header = _hdr_pack(mtype, flags, priority, seq, ack, cid) + (
-                        vb if vb is not None else _encode_verb(verb))
-                    frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
-                    if self._lossless:
-                        unacked = self._unacked
-                        unacked.append(frame)
-                        total = self._window_total = self._window_total + size + _OVERHEAD
-                        self._unacked_totals.append(total)
-                        self._unacked_bytes += size + _OVERHEAD
-                        if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
-                            self._window_full = True
-                    try:
-                        link.send(frame)
-                    except LinkClosed:
-                        if not self._lossless:
-                            self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)],
-                                                "link closed")
-                        return
-                    self.msgs_out += 1
-                    self.bytes_out += size
-                    if self._inject_n and self._rng.random() * self._inject_n < 1.0:
-                        self._inject_failure()
-                    return
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
         if self._queued_bytes + size + _OVERHEAD > self._max_queued and self._queued_bytes:
             raise Backpressure(self._who(), self._queued_bytes, self._max_queued)
         self._queues[priority].append((mtype, flags, priority, cid, verb, body, attachments, size))
         self._queued_bytes += size + _OVERHEAD
+        self._credit = 0
         if state == OPEN:
             if not self._paused and self._recheck is None:
                 self._recheck = self._loop.call_soon(self._pump)
         elif state == STANDBY:
             self._kick()
+
+    def _fresh_credit(self) -> int:
+        """Bytes _submit may hand to the link before asking again: > 0 only
+        while the fast path is open (see _submit)."""
+        link = self._link
+        if (self.state != OPEN or link is None or self._paused or self._window_full or self._queued_bytes
+                or self._replay_frames is not None):
+            self._credit = 0
+            return 0
+        return self._high - link.write_buffer_size()
 
     def _transmit(self, mtype: int, flags: int, priority: int, cid: int, verb: str,
                   body: Any, attachments: Sequence[Buffer], size: int) -> None:
@@ -724,9 +738,9 @@ class Connection:
             unacked.append(frame)
             total = self._window_total = self._window_total + size + _OVERHEAD
             self._unacked_totals.append(total)
-            self._unacked_bytes += size + _OVERHEAD
-            if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
+            if total - self._acked_total > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
                 self._window_full = True
+                self._credit = 0
         try:
             link.send(frame)
         except LinkClosed:
@@ -881,8 +895,8 @@ class Connection:
         popleft()
         # what is left in the window: everything put in minus the running
         # total after the last frame acknowledged
-        self._unacked_bytes = self._window_total - pop_total()
-        if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
+        self._acked_total = pop_total()
+        if self._window_full and self._window_total - self._acked_total <= self._max_unacked_bytes \
                 and len(unacked) <= self._max_unacked_msgs:
             self._window_full = False
             if self._queued_bytes and self._recheck is None and self.state == OPEN:
@@ -927,6 +941,7 @@ class Connection:
             return  # an outgoing attempt's link; its task sees the failure
         self._port = None
         self._link = None
+        self._credit = 0
         self._paused = False
         self._replay_frames = None
         if self._timer is not None:
@@ -1171,6 +1186,7 @@ class Connection:
         if port is self._port:
             self._port = None
             self._link = None
+            self._credit = 0
             if self.state == ACCEPTING:
                 self.state = CLOSED
                 self._ms._forget(self)
@@ -1222,6 +1238,7 @@ class Connection:
         rest of the window again, in order, before anything new."""
         self._acked(peer_in_seq)
         if self._unacked and self._link is not None:
+            self._credit = 0
             self._replay_frames = list(self._unacked)
             self._replay_base = self._out_seq - len(self._unacked) + 1
             self._replay_next = 0
@@ -1342,6 +1359,7 @@ class Connection:
         self.close_reason = self.close_reason or reason
         port, self._port = self._port, None
         self._link = None
+        self._credit = 0
         if port is not None:
             port.orphan()
         if self._attempt is not None:
@@ -1363,7 +1381,7 @@ class Connection:
             q.clear()
         self._unacked.clear()
         self._unacked_totals.clear()
-        self._unacked_bytes = 0
+        self._acked_total = self._window_total
         self._replay_frames = None
         self._queued_bytes = 0
         self._undeliverable(lost, reason)
@@ -1427,6 +1445,7 @@ class Connection:
             self._timer = None
         self._port = None
         self._link = None
+        self._credit = 0
         self.state = CLOSED
 
 

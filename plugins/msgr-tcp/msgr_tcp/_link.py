@@ -71,8 +71,6 @@ _DIRECT, _WRITELINES, _GENERIC = 0, 1, 2
 #: The ``direct`` strategy joins a flush's buffers into one (a copy) when
 #: they average under this many bytes: many small frames.
 _JOIN_AVG: Final = 512
-#: A burst of sends within one loop iteration is flushed every this many bytes.
-_FLUSH_AT: Final = 64 * 1024
 
 # the framing prefix starts with the u32 body length
 _body_length: Final = struct.Struct("!I").unpack_from
@@ -354,9 +352,6 @@ class StreamLink(Link, asyncio.BufferedProtocol):
             # pause_writing must not run inside send)
             if self._transport.get_write_buffer_size() + self._pending_bytes <= self._high:
                 self._flush()
-        elif (self._pending_bytes >= _FLUSH_AT
-              and self._transport.get_write_buffer_size() + self._pending_bytes <= self._high):
-            self._flush()  # a long burst: let the peer start on it (same condition)
 
     def send_many(self, frames: Sequence[Frame]) -> None:
         """Queue several frames (like ``send`` for each, in order; a frame
