@@ -17,6 +17,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -31,8 +32,11 @@ DEV_TOOLS = ["ruff>=0.6", "mypy>=1.10", "pytest-xdist>=3"]
 
 
 def distributions() -> list[Path]:
-    """The core first, then every plugin, in a stable order."""
-    return [ROOT, *sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))]
+    """The core first, then every plugin, then the docs' example plugins
+    (installed and tested exactly as their tutorial says), in a stable order."""
+    plugins = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+    examples = sorted(p.parent for p in (ROOT / "docs" / "examples").glob("*/pyproject.toml"))
+    return [ROOT, *plugins, *examples]
 
 
 def _fingerprint() -> str:
@@ -57,7 +61,7 @@ def setup() -> None:
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [PY, "-m", "pip", "--disable-pip-version-check", "-q"]
     run(*pip, "install", "--upgrade", "pip")
-    args: list[str | Path] = ["-e", f"{ROOT}[test,bench]"]
+    args: list[str | Path] = ["-e", f"{ROOT}[test,bench,docs]"]
     for dist in distributions()[1:]:
         args += ["-e", f"{dist}[test]"]
     run(*pip, "install", *args, *DEV_TOOLS)
@@ -78,6 +82,10 @@ def test(extra: list[str]) -> int:
     tests = [str(d / "tests") for d in distributions() if (d / "tests").is_dir()]
     run(PY, "-m", "ruff", "check", ".")
     run(PY, "-m", "mypy")
+    # The documentation site, warnings as errors (its reference pages are
+    # generated from the code during the build).
+    with tempfile.TemporaryDirectory(prefix="msgr-site-") as site:
+        run(PY, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", site)
     # Every distribution's tests, in one run (importlib mode keeps them apart).
     code = run(PY, "-m", "pytest", *tests, "-q", *extra, check=False)
     if code != 0:

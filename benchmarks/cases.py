@@ -6,7 +6,7 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from . import impl_grpc, impl_memcpy, impl_msgr, impl_raw, impl_zmq, scale, stuck
+from . import hostile, impl_grpc, impl_memcpy, impl_msgr, impl_raw, impl_rdma, impl_zmq, scale, stuck
 from .common import oneway_metrics, reqrep_metrics
 from .harness import Job
 
@@ -115,4 +115,10 @@ CASES: list[Case] = [
     Case("oneway-16MiB", "one-way 16 MiB messages, one connection", _oneway("oneway-16MiB", 16 * MiB, small=False)),
     Case("scale", "1 -> 1000 connections to one messenger: idle memory and throughput", scale.build),
     Case("stuck-peer", "3 receivers' throughput while a 4th is healthy / SIGSTOPped", stuck.build),
+    Case("hostile", "lossless stream throughput, unloaded / while 200 hostile clients attack the receiver",
+         hostile.build),
+    Case("rdma-64B", "msgr-rdma link: 64 B frames/s (emulated verbs; a device where one exists)",
+         lambda loops, quick: impl_rdma.build("rdma-64B", 64, loops)),
+    Case("rdma-1MiB", "msgr-rdma link: 1 MiB frames/s (emulated verbs; a device where one exists)",
+         lambda loops, quick: impl_rdma.build("rdma-1MiB", MiB, loops)),
 ]

@@ -13,6 +13,10 @@
     default = "lossless_peer"           # policy for peer types not listed
     client = "stateless_server"         # per peer type
 
+    [auth]
+    keyring = "/etc/msgr/keyring"       # keys by name / type / cluster (mode 600)
+    require = true                      # default: true when any key is configured
+
     [limits] ... [session] ... [inject] ...   (see CORE_DEFAULTS)
 
 Every section and key is checked: unknown ones are rejected with a
@@ -32,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .auth import Authenticator
 from .errors import ConfigError
 from .policy import POLICIES
 
@@ -58,6 +63,9 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "handshake_timeout": 10.0,
         "request_timeout": 30.0,
         "stop_timeout": 5.0,
+        "max_sessions": 16384,
+        "max_pending": 1024,
+        "max_requests_in_flight": 1024,
     },
     "session": {
         "ack_every": 64,
@@ -68,6 +76,13 @@ CORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "reconnect_max": 15.0,
         "keepalive_interval": 5.0,
         "keepalive_timeout": 30.0,
+    },
+    "auth": {
+        "keyring": "",
+        "require": None,
+        "cluster_key": "",
+        "keys": {},
+        "types": {},
     },
     "inject": {
         "socket_failures": 0,
@@ -250,8 +265,19 @@ class Config:
                               source=self.source)
         if lim["max_frame_bytes"] < 1024:
             raise ConfigError("limits.max_frame_bytes", lim["max_frame_bytes"], "at least 1024", source=self.source)
+        for key in ("max_sessions", "max_pending", "max_requests_in_flight"):
+            if lim[key] < 1:
+                raise ConfigError(f"limits.{key}", lim[key], "at least 1", source=self.source)
+        self._check_auth()
         if not ms["name"]:
             ms["name"] = f"{ms['type']}.{os.getpid()}.{id(self) & 0xFFFF:x}"
+
+    def _check_auth(self) -> None:
+        auth = self["auth"]
+        keyring = auth["keyring"]
+        if keyring and not os.path.isabs(keyring) and self.source != "<dict>":
+            auth["keyring"] = str(Path(self.source).parent / keyring)
+        Authenticator.from_config(auth, source=self.source)
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:

@@ -59,11 +59,15 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from . import message as m
+from .auth import HandshakeAuth
 from .errors import (
+    AuthenticationFailed,
     Backpressure,
     ConnectionReset,
     FrameTooLarge,
     LinkClosed,
+    PeerAuthenticationFailed,
+    PeerBusy,
     PeerUnreachable,
     ProtocolError,
     RemoteError,
@@ -103,49 +107,16 @@ _MSG = m.MSG
 _ACK = m.ACK
 _PACKED = m.PACKED
 
-# The session header (the first buffer of every frame): a fixed struct, then
-# the verb in UTF-8 (the rest of the buffer).  See msgr_core.message.
-_HDR = struct.Struct("!BBBQQQ")  # type, flags, priority, seq, ack, cid
-_HDR_SIZE = _HDR.size
-_hdr_pack = _HDR.pack
-_hdr_unpack = _HDR.unpack_from
-# verb <-> UTF-8 caches (a messenger uses few verbs; bounded all the same)
-_VERB_CACHE_MAX = 4096
-_verb_bytes: dict[str, bytes] = {"": b""}
-_verb_str: dict[bytes, str] = {b"": ""}
-
-
-def _encode_verb(verb: str) -> bytes:
-    vb = _verb_bytes.get(verb)
-    if vb is None:
-        vb = verb.encode()
-        if len(_verb_bytes) < _VERB_CACHE_MAX:
-            _verb_bytes[verb] = vb
-    return vb
-
-
-def _pack_header(mtype: int, seq: int, ack: int, flags: int, priority: int, cid: int, verb: str) -> bytes:
-    """The session header of one frame."""
-    vb = _verb_bytes.get(verb)
-    return _hdr_pack(mtype, flags, priority, seq, ack, cid) + (vb if vb is not None else _encode_verb(verb))
-
-
-def _decode_verb(vb: bytes) -> str:
-    verb = _verb_str.get(vb)
-    if verb is None:
-        verb = vb.decode()  # UnicodeDecodeError is a ValueError: a malformed header
-        if len(_verb_str) < _VERB_CACHE_MAX:
-            _verb_str[vb] = verb
-    return verb
-
-
-def _unpack_header(head: Buffer) -> tuple[int, int, int, int, int, int, str]:
-    """``(type, seq, ack, flags, priority, cid, verb)`` of a session header.
-
-    :raises struct.error: shorter than the fixed part.
-    :raises UnicodeDecodeError: the verb is not UTF-8."""
-    mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
-    return mtype, seq, ack, flags, priority, cid, _decode_verb(bytes(head[_HDR_SIZE:]))
+# The session header (the first buffer of every frame): see msgr_core.message.
+_hdr_pack = m.HEADER.pack
+_hdr_unpack = m.HEADER.unpack_from
+_HDR_SIZE = m.HEADER.size
+_verb_bytes = m._verb_bytes
+_verb_str = m._verb_str
+_encode_verb = m.encode_verb
+_decode_verb = m.decode_verb
+_pack_header = m.pack_header
+_unpack_header = m.unpack_header
 
 # queue item: (mtype, flags, priority, cid, verb, body, attachments, size)
 _Item = tuple[int, int, int, int, str, Any, Sequence[Buffer], int]
@@ -197,12 +168,17 @@ def _receive(port: _Port, frame: list[Buffer]) -> None:
         if len(frame) < 2:
             raise ProtocolError("message frame without a payload segment")
         body = frame[1]
+        # Until a link completes its handshake (and authentication), only
+        # small handshake frames are read from it; nothing is dispatched.
+        handshaking = s.state != OPEN or port is not s._port
+        if handshaking and (len(frame) != 2 or _nbytes(body) > s._max_header):
+            raise ProtocolError(f"handshake frame over limits.max_header_bytes = {s._max_header}")
         payload = _unpackb(body) if flags & _PACKED else body
     except (ValueError, TypeError, struct.error, msgpack.UnpackException, ProtocolError) as exc:
         s._protocol_error(port, exc if isinstance(exc, ProtocolError) else
                           ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
         return
-    if s.state != OPEN or port is not s._port:
+    if handshaking:
         s._handshake_frame(port, mtype, payload)
         return
     if s._inject_n and s._rng.random() * s._inject_n < 1.0:
@@ -246,7 +222,7 @@ def _receive(port: _Port, frame: list[Buffer]) -> None:
                 log.exception("oneway handler for %r raised (message from %s)", verb, s._who())
                 return
             if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
-                s._ms._spawn(s._run_oneway(verb, result))
+                s._start_oneway(verb, result)
             return
         if s._blackhole:
             return
@@ -271,7 +247,7 @@ def _receive(port: _Port, frame: list[Buffer]) -> None:
         pass
     elif mtype == m.GOODBYE:
         s._goodbye()
-    elif mtype == m.HELLO:
+    elif mtype == m.HELLO or mtype == m.AUTH:
         # the peer dialled again while we thought this link was fine
         s._handshake_frame(port, mtype, payload)
     else:
@@ -284,12 +260,14 @@ class _Port:
     peer opened) or be orphaned (replaced by a newer link); then its events
     go nowhere."""
 
-    __slots__ = ("done", "gone", "link", "outgoing", "session")
+    __slots__ = ("auth", "done", "gone", "link", "outgoing", "session")
 
     def __init__(self, session: Connection | None, outgoing: bool) -> None:
         self.session = session
         self.outgoing = outgoing
         self.link: Link | None = None
+        # this link's handshake authentication (None: none started)
+        self.auth: HandshakeAuth | None = None
         self.done: asyncio.Future[dict[str, Any]] | None = None  # outgoing handshake result
         self.gone: asyncio.Future[None] | None = None  # set when the link is lost
 
@@ -327,6 +305,28 @@ class _Port:
             self.link.abort()
 
 
+class _Rejected:
+    """The handler of an incoming link refused before anything was read
+    (``limits.max_pending`` / messenger stopping): it closes it at once."""
+
+    __slots__ = ()
+
+    def link_made(self, link: Link) -> None:
+        link.abort()
+
+    def frame_received(self, frame: list[Buffer]) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        pass
+
+
 class _OobEntry:
     __slots__ = ("callback", "due", "interval", "op")
 
@@ -361,6 +361,7 @@ class Connection:
         self._max_header: int = lim["max_header_bytes"]
         self._max_queued: int = lim["max_queued_bytes"]
         self._request_timeout: float = lim["request_timeout"]
+        self._max_inflight: int = lim["max_requests_in_flight"]
         self._high: int = lim["high_watermark"]
         self._ack_every: int = ses["ack_every"]
         self._ack_delay: float = ses["ack_delay"]
@@ -421,6 +422,10 @@ class Connection:
         self._opened = self._loop.create_future()  # first OPEN (or failure) of this session
         self._timer: asyncio.TimerHandle | None = None  # accepting side's handshake timeout
         self._stopping = False
+        self._rejected = False  # an accepting link already counted as rejected
+        # handler tasks running for this peer, and async oneway handlers waiting for a slot
+        self._inflight = 0
+        self._waiting_oneway: collections.deque[tuple[str, Awaitable[Any]]] = collections.deque()
         self._oob: dict[str, _OobEntry] = {}
         self._oob_timer: asyncio.TimerHandle | None = None
         # liveness: frames received, and their count at the last keepalive tick
@@ -952,6 +957,12 @@ class Connection:
             return
         reason = self.close_reason or (f"link lost: {exc}" if exc else "link closed")
         if state == ACCEPTING:
+            st = port.auth
+            if st is not None and not st.done and st.hello is not None and not self._rejected:
+                # challenged, and gone instead of answering (a dialler with another key does that)
+                self._ms._auth_failed(self, port, st.hello, "closed the link instead of proving it holds the key")
+            self._reject("frame_too_large" if isinstance(exc, FrameTooLarge) else
+                         "protocol_error" if isinstance(exc, ProtocolError) else "closed_in_handshake")
             self.state = CLOSED
             self._ms._forget(self)
             return
@@ -993,6 +1004,8 @@ class Connection:
     # -- receiving internals -------------------------------------------------
 
     def _protocol_error(self, port: _Port, exc: ProtocolError) -> None:
+        if self.state == ACCEPTING:
+            self._reject("protocol_error")
         if not exc.peer:
             exc.peer = self._who()
             exc.args = (f"{exc.args[0]} (peer {exc.peer})",)
@@ -1021,7 +1034,17 @@ class Connection:
             log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
             return
         if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+            self._start_oneway(verb, result)
+
+    def _start_oneway(self, verb: str, result: Awaitable[Any]) -> None:
+        """An async oneway handler's awaitable: run it as a task, or queue it."""
+        if self._inflight < self._max_inflight:
+            self._inflight += 1
             self._ms._spawn(self._run_oneway(verb, result))
+        else:
+            # at most limits.max_requests_in_flight handler tasks per
+            # peer: later ones wait their turn, in order (no task yet)
+            self._waiting_oneway.append((verb, result))
 
     async def _run_oneway(self, verb: str, aw: Awaitable[Any]) -> None:
         try:
@@ -1029,6 +1052,16 @@ class Connection:
         except Exception:
             self.handler_errors += 1
             log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
+        finally:
+            self._handler_done()
+
+    def _handler_done(self) -> None:
+        """A handler task ended: start a waiting oneway handler in its slot."""
+        self._inflight -= 1
+        if self._waiting_oneway and self.state != CLOSED and self._ms.running:
+            verb, aw = self._waiting_oneway.popleft()
+            self._inflight += 1
+            self._ms._spawn(self._run_oneway(verb, aw))
 
     def _unhandled(self, msg: Message) -> None:
         ms = self._ms
@@ -1051,6 +1084,16 @@ class Connection:
             self._handler_failed(cid, verb, exc)
             return
         if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+            if self._inflight >= self._max_inflight:
+                # an async handler over the limit: its coroutine never starts
+                # (plain handlers always run: they hold no task)
+                if inspect.iscoroutine(result):
+                    result.close()
+                self.unhandled += 1
+                self._reply_error(cid, verb, "PeerBusy", f"{self._ms.name} already runs {self._inflight} "
+                                  f"requests from {self._who()} (limits.max_requests_in_flight)")
+                return
+            self._inflight += 1
             self._ms._spawn(self._run_request(cid, verb, priority, result))
         else:
             self._reply(cid, verb, priority, result)
@@ -1061,6 +1104,8 @@ class Connection:
         except Exception as exc:
             self._handler_failed(cid, verb, exc)
             return
+        finally:
+            self._handler_done()
         self._reply(cid, verb, priority, result)
 
     def _handler_failed(self, cid: int, verb: str, exc: Exception) -> None:
@@ -1105,7 +1150,7 @@ class Connection:
             etype, text = str(etype), str(text)
         except (TypeError, ValueError):
             etype, text = "ProtocolError", f"malformed error reply {payload!r:.100}"
-        cls = UnknownVerb if etype == "UnknownVerb" else RemoteError
+        cls = UnknownVerb if etype == "UnknownVerb" else PeerBusy if etype == "PeerBusy" else RemoteError
         fut.set_exception(cls(verb, self._who(), etype, text))
 
     def _dispatch_oob(self, payload: Any) -> None:
@@ -1158,7 +1203,15 @@ class Connection:
     def _handshake_frame(self, port: _Port, mtype: int, payload: Any) -> None:
         if mtype == m.HELLO and not port.outgoing:
             self._ms._accept(self, port, payload)
+        elif mtype == m.AUTH and not port.outgoing:
+            self._ms._auth_proof(self, port, payload)
+        elif mtype == m.AUTH and port.outgoing and port.done is not None and not port.done.done():
+            self._ms._auth_challenge(self, port, payload)
         elif mtype == m.HELLO_OK and port.outgoing and port.done is not None and not port.done.done():
+            problem = self._ms._check_peer_auth(port, payload)
+            if problem:
+                self._ms._dial_auth_failed(self, port, problem)
+                return
             # Handled here, not in the dialling task: the peer's replay may
             # follow in the same read, and must find the session open.
             port.done.set_result(payload if isinstance(payload, dict) else {})
@@ -1175,10 +1228,19 @@ class Connection:
         self._timer = None
         port = self._port
         if self.state == ACCEPTING and port is not None:
+            self._reject("handshake_timeout")
             self._protocol_error(port, ProtocolError("handshake timed out (limits.handshake_timeout)"))
+
+    def _reject(self, reason: str) -> None:
+        """Count this accepting link as rejected, once, by ``reason``."""
+        if not self._rejected:
+            self._rejected = True
+            self._ms._count_rejected(reason)
 
     def _refuse(self, port: _Port, reason: str, *, quiet: bool = False) -> None:
         (log.debug if quiet else log.warning)("refusing %s: %s", self.address or "peer", reason)
+        if not quiet:
+            self._reject("refused")
         if port.link is not None:
             self._send_control(m.REFUSE, reason, link=port.link)
             port.link.close()
@@ -1297,7 +1359,7 @@ class Connection:
             if not (done.done() and not done.cancelled() and done.exception() is None):
                 port.orphan()
             raise
-        except (_Refused, TimeoutError, PeerUnreachable, OSError) as exc:
+        except (_Refused, TimeoutError, PeerUnreachable, AuthenticationFailed, OSError) as exc:
             failure = exc
         except Exception as exc:  # a transport bug must not kill the session silently
             log.exception("connect to %s failed unexpectedly", address)
@@ -1316,6 +1378,16 @@ class Connection:
     def _dial_failed(self, address: str, exc: Exception) -> None:
         if self.state in (OPEN, CLOSED):
             return  # the peer's link won meanwhile, or we were closed
+        if isinstance(exc, AuthenticationFailed) or (isinstance(exc, _Refused) and exc.reason == AUTH_FAILED):
+            # not transient: no retry, whatever the policy
+            self.close_reason = (f"refused by peer: {AUTH_FAILED}" if isinstance(exc, _Refused)
+                                 else f"{AUTH_FAILED}: {exc}")
+            log.warning("authentication with %s failed: %s", address, self.close_reason)
+            self._ms._count_error("AuthenticationFailed")
+            if isinstance(exc, _Refused):
+                self._ms._refused(self, exc.reason)
+            self._reset(self.close_reason, notify=False, unreachable=True, auth=True)
+            return
         if isinstance(exc, _Refused):
             if exc.reason.startswith(RACE):
                 # The peer's own link wins; wait for it, but try again later
@@ -1350,7 +1422,7 @@ class Connection:
             self._ms._report_undeliverable(
                 self, [(it[4], _unpackb(it[5]) if it[1] & m.PACKED else it[5]) for it in oneway], reason)
 
-    def _reset(self, reason: str, *, notify: bool, unreachable: bool = False) -> None:
+    def _reset(self, reason: str, *, notify: bool, unreachable: bool = False, auth: bool = False) -> None:
         """Close the session: fail what is pending, report what is undelivered."""
         if self.state == CLOSED:
             return
@@ -1370,10 +1442,12 @@ class Connection:
                 t.cancel()
         self._recheck = self._timer = self._retry = self._ack_timer = self._oob_timer = None
         if not self._opened.done():
-            self._opened.set_exception(PeerUnreachable(self._who(), reason))
+            self._opened.set_exception(PeerAuthenticationFailed(self._who(), reason) if auth
+                                       else PeerUnreachable(self._who(), reason))
             self._opened.exception()  # retrieved: nobody may be waiting
         who = self._who()
         exc_factory: Callable[[], Exception] = (
+            (lambda: PeerAuthenticationFailed(who, reason)) if auth else
             (lambda: PeerUnreachable(who, reason)) if unreachable else (lambda: ConnectionReset(who, reason)))
         lost = [_item_of(frame) for frame in self._unacked]
         for q in self._queues:
@@ -1397,6 +1471,10 @@ class Connection:
                 w.set_result(None)
         self._space_waiters.clear()
         self._drain_waiters.clear()
+        waiting, self._waiting_oneway = self._waiting_oneway, collections.deque()
+        for _verb, aw in waiting:
+            if inspect.iscoroutine(aw):
+                aw.close()  # never started: the session is gone
         self._notify_state()
         if lost:
             log.info("session with %s reset (%s): %d message(s) undelivered", who, reason, len(lost))
@@ -1450,6 +1528,8 @@ class Connection:
 
 
 RACE = "race:"
+#: All a peer that fails authentication is told.
+AUTH_FAILED = "authentication failed"
 
 
 class _Refused(Exception):

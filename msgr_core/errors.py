@@ -14,15 +14,17 @@ the config key) as attributes, and says it in its message too.
     │   ├── LinkClosed              the link is closed (cause in ``__cause__``)
     │   └── FrameTooLarge           a frame over ``max_frame_bytes``
     ├── ProtocolError               malformed input or a handshake violation
-    │   └── AuthenticationFailed
+    │   └── AuthenticationFailed    a peer failed authentication
     ├── MessengerError
     │   ├── MessengerStopped        the messenger is not running
     │   ├── PeerUnreachable         could not connect / handshake refused
+    │   │   └── PeerAuthenticationFailed   (also an AuthenticationFailed)
     │   ├── ConnectionReset         the session was reset with messages pending
     │   ├── Backpressure            a non-blocking send found the window full
     │   ├── RequestTimeout          ``send_message`` timed out
     │   └── RemoteError             the remote handler raised
-    │       └── UnknownVerb         the peer has no handler for the verb
+    │       ├── UnknownVerb         the peer has no handler for the verb
+    │       └── PeerBusy            the peer has too many of our requests in flight
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
     "MessengerError",
     "MessengerStopped",
     "MsgrError",
+    "PeerAuthenticationFailed",
+    "PeerBusy",
     "PeerUnreachable",
     "PluginError",
     "PluginNotInstalled",
@@ -167,7 +171,8 @@ class ProtocolError(MsgrError):
 
 
 class AuthenticationFailed(ProtocolError):
-    """The peer failed authentication in the handshake."""
+    """Authentication in a handshake failed (a peer did not prove it holds
+    the key, or refused ours)."""
 
 
 # -- messenger ----------------------------------------------------------------
@@ -192,6 +197,19 @@ class PeerUnreachable(MessengerError, ConnectionError):
         self.peer = peer
         self.reason = reason
         super().__init__(f"peer {peer} unreachable: {reason}")
+
+
+class PeerAuthenticationFailed(PeerUnreachable, AuthenticationFailed):
+    """No session: authentication with the peer failed, on either side.
+
+    What a dialling application sees (pending requests, waiting sends):
+    the peer refused our credentials (it says only "authentication
+    failed"), or it could not prove it holds the key.  Both a
+    :class:`PeerUnreachable` and an :class:`AuthenticationFailed`.
+    """
+
+    def __init__(self, peer: str, reason: str) -> None:
+        PeerUnreachable.__init__(self, peer, reason)
 
 
 class ConnectionReset(MessengerError, ConnectionError):
@@ -245,3 +263,10 @@ class RemoteError(MessengerError):
 
 class UnknownVerb(RemoteError):
     """The peer has no handler registered for the verb."""
+
+
+class PeerBusy(RemoteError):
+    """The peer refused the request: it already runs
+    ``limits.max_requests_in_flight`` asynchronous handlers for us.  The
+    handler did not start (a coroutine handler is never resumed); retry
+    later.  Plain (synchronous) handlers hold no task and are never refused."""

@@ -164,6 +164,10 @@ class StreamDecoder:
             mv = mv[n:]
             self.buffer_updated(n)
 
+    def deliver_to(self, on_frame: Callable[[list[Buffer]], None]) -> None:
+        """Call ``on_frame`` for the frames decoded from now on."""
+        self._on_frame = on_frame
+
     def stop(self) -> None:
         """Deliver no more frames (the stream is closing); bytes still fed
         are parsed and dropped."""

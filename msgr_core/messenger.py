@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import os
 import time
@@ -31,13 +32,20 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import msgpack
-
 from . import message as m
+from .auth import NONCE_BYTES, Authenticator, HandshakeAuth, check, proof
 from .config import Config, load_config
-from .connection import OPEN, RACE, Connection, _Port, random_seeded
+from .connection import ACCEPTING, AUTH_FAILED, OPEN, RACE, Connection, _Port, _Rejected, random_seeded
 from .dispatcher import Dispatcher, DispatcherPlugin
-from .errors import FrameTooLarge, MessengerError, MessengerStopped, MsgrError, PeerUnreachable, ProtocolError
+from .errors import (
+    AuthenticationFailed,
+    FrameTooLarge,
+    MessengerError,
+    MessengerStopped,
+    MsgrError,
+    PeerUnreachable,
+    ProtocolError,
+)
 from .message import Message, Priority
 from .policy import get_policy
 from .registry import EXTENSION_GROUP, TRANSPORT_GROUP, PluginSet, TransportRegistry
@@ -64,6 +72,22 @@ _EVENT_HOOKS = (
 _CLIENT_SIDE = {"stateless_server": "lossy_client", "stateful_server": "lossless_client"}
 # The accepting-side policy for each mode a peer may ask for.
 _SERVER_SIDE = {"lossy": "stateless_server", "lossless": "stateful_server", "peer": "lossless_peer"}
+# Schemes whose addresses are never reachable from another host.
+_LOCAL_SCHEMES = frozenset({"loop", "unix", "zmq+ipc", "ipc", "inproc"})
+
+
+def _exposed(address: str) -> bool:
+    """Whether a listen address may be reachable from other hosts."""
+    try:
+        scheme, host, _port, _path = split_address(address)
+    except MsgrError:
+        return False
+    if scheme in _LOCAL_SCHEMES or not host or host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: assume it is reachable
 
 
 class Messenger:
@@ -97,7 +121,6 @@ class Messenger:
         self.extensions: dict[str, Any] = {}
         self._handlers: dict[str, Handler] = {}
         self._oneway_handlers: dict[str, Handler] = {}
-        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._transport_objs: dict[str, Transport] = {}
         self._listeners: list[Listener] = []
         self._by_addr: dict[str, Connection] = {}
@@ -108,6 +131,10 @@ class Messenger:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._errors: dict[str, int] = {}
+        self._rejected: dict[str, int] = {}
+        self._authenticated = 0
+        #: ``[auth]`` resolved (keys, whether authentication is required)
+        self.auth = Authenticator.from_config(config["auth"], source=config.source)
         self._closed_stats = {"msgs_out": 0, "bytes_out": 0, "msgs_in": 0, "bytes_in": 0, "dropped": 0,
                               "handler_errors": 0, "unhandled": 0}
         self._resets = 0
@@ -176,6 +203,10 @@ class Messenger:
                 listener = await transport.listen(addr, self._new_incoming)
                 self._listeners.append(listener)
                 log.info("%s listening on %s", self.name, listener.address)
+                if not self.auth.require and _exposed(listener.address):
+                    log.warning("%s listens on %s without requiring authentication: anyone who can reach it "
+                                "can call its verbs (configure [auth]; see docs/security.md)",
+                                self.name, listener.address)
             await self._call_lifecycle("msgr_messenger_started")
         except BaseException:
             await self.stop()
@@ -440,7 +471,10 @@ class Messenger:
     def stats(self) -> dict[str, Any]:
         """Messenger-wide counters: totals over every session (closed ones
         included), open sessions, queue depths, resets, fault injections and
-        errors by type."""
+        errors by type, incoming links rejected by reason (``rejected``:
+        ``auth_failed``, ``handshake_timeout``, ``protocol_error``,
+        ``frame_too_large``, ``closed_in_handshake``, ``max_pending``,
+        ``max_sessions``, ``refused``) and links authenticated."""
         totals = dict(self._closed_stats)
         queued = 0
         conns = self.connections
@@ -457,6 +491,8 @@ class Messenger:
             "injected_failures": self._injected,
             "undeliverable": self._undelivered,
             "errors": dict(self._errors),
+            "rejected": dict(self._rejected),
+            "authenticated": self._authenticated,
         }
 
     def _status(self) -> dict[str, Any]:
@@ -490,7 +526,13 @@ class Messenger:
             t = self._transport_objs[scheme] = cls(scheme, opts)
         return t
 
-    def _new_incoming(self) -> _Port:
+    def _new_incoming(self) -> _Port | _Rejected:
+        if len(self._accepted) >= self.config["limits"]["max_pending"]:
+            # links not past their handshake are bounded: refuse before reading anything
+            self._count_rejected("max_pending")
+            log.warning("%s: %d links still in their handshake (limits.max_pending): closing a new one",
+                        self.name, len(self._accepted))
+            return _Rejected()
         conn = Connection(self, outgoing=False)
         self._accepted.add(conn)
         return _Port(conn, outgoing=False)
@@ -515,7 +557,12 @@ class Messenger:
         }
 
     def _send_hello(self, conn: Connection, port: _Port) -> None:
-        conn._send_control(m.HELLO, self._hello(conn), link=port.link)
+        hello = self._hello(conn)
+        key = self.auth.key_for(self.name, self.type)
+        if key is not None:
+            st = port.auth = HandshakeAuth(key, self.auth.new_nonce())
+            hello["auth"] = st.nonce
+        conn._send_control(m.HELLO, hello, link=port.link)
 
     @staticmethod
     def _check_hello(hello: Any) -> str:
@@ -542,6 +589,108 @@ class Messenger:
         if hello["v"] != m.PROTOCOL_VERSION:
             tmp._refuse(port, f"protocol version {hello['v']} not supported (this peer speaks {m.PROTOCOL_VERSION})")
             return
+        auth = self.auth
+        st = port.auth
+        if st is not None:
+            if not st.done:
+                tmp._protocol_error(port, ProtocolError("HELLO repeated during authentication", peer=tmp.address))
+                return
+            if (hello["name"], hello["type"]) != (st.peer_name, st.peer_type):
+                self._auth_failed(tmp, port, hello, "a new HELLO on its authenticated link names another entity")
+                return
+        elif auth.enabled:
+            key = auth.key_for(hello["name"], hello["type"])
+            cnonce = hello.get("auth")
+            if key is not None and type(cnonce) is bytes and len(cnonce) == NONCE_BYTES:
+                # challenge: prove ourselves first, then wait for its proof
+                st = port.auth = HandshakeAuth(key, auth.new_nonce())
+                st.hello = hello
+                st.peer_name, st.peer_type = hello["name"], hello["type"]
+                fields = (cnonce, st.nonce, hello["name"], hello["type"], self.name)
+                st.expected = proof(key, b"client", *fields)
+                tmp._send_control(m.AUTH, {"nonce": st.nonce, "name": self.name,
+                                           "proof": proof(key, b"server", *fields)}, link=port.link)
+                return
+            if auth.require:
+                self._auth_failed(tmp, port, hello, "no key for it in the keyring" if key is None
+                                  else "it did not offer to authenticate")
+                return
+        self._admit(tmp, port, hello)
+
+    def _auth_proof(self, tmp: Connection, port: _Port, payload: Any) -> None:
+        """The dialler's AUTH (its proof) arrived on an incoming link."""
+        st = port.auth
+        if st is None or st.done or st.hello is None:
+            tmp._protocol_error(port, ProtocolError("unexpected AUTH message", peer=tmp.address))
+            return
+        hello, st.hello = st.hello, None
+        if not check(st.expected, payload.get("proof") if isinstance(payload, dict) else None):
+            self._auth_failed(tmp, port, hello, "wrong proof (wrong key, or a replayed or reflected proof)")
+            return
+        st.done = True
+        self._authenticated += 1
+        log.debug("%s authenticated %s (%s)", self.name, hello["name"], tmp.address)
+        self._admit(tmp, port, hello)
+
+    def _auth_failed(self, tmp: Connection, port: _Port, hello: dict[str, Any], detail: str) -> None:
+        """Refuse a link that failed authentication: the peer is told only
+        ``authentication failed``; we log and count the details."""
+        address = (port.link.peer_address if port.link else "") or tmp.address or "unknown address"
+        log.warning("%s: authentication failed for %s claiming to be %r (type %r): %s",
+                    self.name, address, str(hello.get("name"))[:256], str(hello.get("type"))[:256], detail)
+        self._count_error("AuthenticationFailed")
+        if tmp.state == ACCEPTING:
+            tmp._reject("auth_failed")
+            tmp._refuse(port, AUTH_FAILED, quiet=True)
+        else:  # a new HELLO on an open session's link
+            self._count_rejected("auth_failed")
+            tmp._send_control(m.REFUSE, AUTH_FAILED, link=port.link)
+            if port.link is not None:
+                port.link.close()
+
+    def _auth_challenge(self, conn: Connection, port: _Port, payload: Any) -> None:
+        """The acceptor's AUTH (its nonce and proof) arrived on our link."""
+        st = port.auth
+        if st is None or st.done:
+            self._dial_auth_failed(conn, port, "the peer sent an unexpected AUTH message")
+            return
+        snonce = payload.get("nonce") if isinstance(payload, dict) else None
+        sname = payload.get("name") if isinstance(payload, dict) else None
+        if type(snonce) is not bytes or len(snonce) != NONCE_BYTES or type(sname) is not str or not sname:
+            self._dial_auth_failed(conn, port, "malformed AUTH message from the peer")
+            return
+        fields = (st.nonce, snonce, self.name, self.type, sname)
+        if not check(proof(st.key, b"server", *fields), payload.get("proof")):
+            self._dial_auth_failed(conn, port, "the peer did not prove it holds the key")
+            return
+        st.done = True
+        st.peer_name = sname
+        conn._send_control(m.AUTH, {"proof": proof(st.key, b"client", *fields)}, link=port.link)
+
+    def _check_peer_auth(self, port: _Port, hello: Any) -> str:
+        """Before accepting a HELLO_OK: why the acceptor is not
+        authenticated enough, or ``""``."""
+        st = port.auth
+        if st is not None and st.done:
+            name = hello.get("name") if isinstance(hello, dict) else None
+            if name != st.peer_name:
+                return "the peer's HELLO_OK names another entity than the one that authenticated"
+            return ""
+        if self.auth.require:
+            return "the peer did not authenticate itself (auth.require is set)"
+        return ""
+
+    def _dial_auth_failed(self, conn: Connection, port: _Port, detail: str) -> None:
+        """Our handshake's authentication failed: the dial fails (no retry)."""
+        done = port.done
+        if done is not None and not done.done():
+            done.set_exception(AuthenticationFailed(detail, peer=conn.address))
+            done.exception()
+        port.orphan()
+
+    def _admit(self, tmp: Connection, port: _Port, hello: dict[str, Any]) -> None:
+        """The rest of accepting a HELLO, once its link is authenticated
+        (or authentication is not used for it)."""
         if not self._accepting:
             tmp._refuse(port, "messenger stopping")
             return
@@ -555,6 +704,12 @@ class Messenger:
         if policy.mode != hello["mode"]:
             tmp._refuse(port, f"policy mismatch: {self.name} uses {policy.name} for peers of type "
                         f"{hello['type']!r}, {name} asked for {hello['policy']}")
+            return
+        existing = self._by_name.get(name)
+        if (existing is None or existing.is_closed) and tmp.state == ACCEPTING \
+                and len(self.connections) >= self.config["limits"]["max_sessions"]:
+            tmp._reject("max_sessions")
+            tmp._refuse(port, "too many sessions (limits.max_sessions)")
             return
         self._accepted.discard(tmp)
         session = self._by_name.get(name)
@@ -743,4 +898,8 @@ class Messenger:
 
     def _count_error(self, kind: str) -> None:
         self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    def _count_rejected(self, reason: str) -> None:
+        """An incoming link closed before (or instead of) becoming a session."""
+        self._rejected[reason] = self._rejected.get(reason, 0) + 1
 

@@ -15,7 +15,7 @@ from msgr_core.errors import MsgrError
 
 from .gossiper import VERB_STATUS
 
-__all__ = ["add_commands", "format_status", "get_status"]
+__all__ = ["add_commands", "format_status", "get_status", "write_csv"]
 
 
 def _sub(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -49,8 +49,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--fanout", type=int, default=1)
     p.add_argument("--threshold", type=float, default=8.0, help="phi_convict_threshold")
-    p.add_argument("--rng-seed", type=int, default=0)
+    p.add_argument("--rng-seed", type=int, default=0, help="the first run's seed")
+    p.add_argument("--runs", type=int, default=1, help="runs per size, seeds RNG_SEED, RNG_SEED+1, ...")
     p.add_argument("--no-crash", action="store_true", help="skip the crash/conviction phase")
+    p.add_argument("--preload", action="store_true",
+                   help="skip the join: every node starts knowing every other alive (a converged cluster)")
+    p.add_argument("--settle", type=int, default=10, help="with --preload: rounds before the trials")
+    p.add_argument("--stagger", type=float, default=0.0,
+                   help="start the trials this many rounds apart, overlapping (0: one after the other)")
+    p.add_argument("--csv", help="also write one row per run to this CSV file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_sim)
 
@@ -92,17 +99,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_csv(path: str, results: list[Any]) -> None:
+    """One row per :class:`~msgr_gossip.sim.SimResult` (``as_dict``, plus
+    the per-trial rounds and per-observer convictions joined by spaces)."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w: Any = None
+        for r in results:
+            row = {**r.as_dict(), "rng_seed": r.rng_seed,
+                   "rounds_all": " ".join(f"{x:.3f}" for x in r.rounds),
+                   "conviction_all": " ".join(f"{x:.2f}" for x in r.conviction)}
+            if w is None:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                w.writeheader()
+            w.writerow(row)
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
     from .sim import format_table, run
 
     results = []
     for n in args.nodes:
-        results.append(run(n, args.seeds, rounds=args.rounds, trials=args.trials, interval=args.interval,
-                           fanout=args.fanout, threshold=args.threshold, rng_seed=args.rng_seed,
-                           crash=not args.no_crash))
-        if not args.json:
-            print(format_table(results[-1:]) if len(results) == 1 else format_table(results[-1:]).split("\n")[1],
-                  flush=True)
+        for k in range(args.runs):
+            results.append(run(n, args.seeds, rounds=args.rounds, trials=args.trials, interval=args.interval,
+                               fanout=args.fanout, threshold=args.threshold, rng_seed=args.rng_seed + k,
+                               crash=not args.no_crash, preload=args.preload, settle=args.settle,
+                               stagger=args.stagger))
+            if not args.json:
+                table = format_table(results[-1:])
+                print(table if len(results) == 1 else table.split("\n")[1], flush=True)
+            if args.csv:
+                write_csv(args.csv, results)  # after every run: a long run keeps what it measured
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

@@ -126,9 +126,11 @@ class EndpointState:
     :ivar alive: whether this node considers it alive.
     :ivar max_version: the largest version in it (heartbeat or state).
     :ivar dead_since: loop time it was marked dead (``None`` while alive).
+    :ivar apps_version: the largest version among the application states
+        (whoever changes ``states`` keeps it up to date).
     """
 
-    __slots__ = ("alive", "dead_since", "generation", "max_version", "name", "states", "version")
+    __slots__ = ("alive", "apps_version", "dead_since", "generation", "max_version", "name", "states", "version")
 
     def __init__(self, name: str, generation: int, version: int = 0) -> None:
         self.name = name
@@ -137,6 +139,7 @@ class EndpointState:
         self.states: dict[str, tuple[Any, int]] = {}
         self.alive = False
         self.max_version = version
+        self.apps_version = 0
         self.dead_since: float | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -156,6 +159,8 @@ class EndpointState:
     def wire(self, from_version: int = 0) -> list[Any]:
         """``[name, generation, heartbeat, [[key, value, version], ...]]``
         with the states newer than ``from_version``."""
+        if from_version >= self.apps_version:
+            return [self.name, self.generation, self.version, ()]  # a heartbeat only: the common case
         apps = [[k, v, ver] for k, (v, ver) in self.states.items() if ver > from_version]
         return [self.name, self.generation, self.version, apps]
 
@@ -228,6 +233,10 @@ class Gossiper:
         self._last_round: float | None = None
         self._last_pause = -1e18
         self._running = False
+        # the round's target lists, rebuilt only when liveness changes (not
+        # every round: sorting N names per node and round is O(N^2 log N) a
+        # round across a simulated cluster)
+        self._targets: tuple[list[str], list[str]] | None = None
         #: rounds run, messages sent by verb (bytes: ``messenger.stats``), and
         #: messages not sent (pending bound, queue bound, session closed)
         self.rounds = 0
@@ -241,7 +250,7 @@ class Gossiper:
         ``value``); it spreads with the next rounds."""
         self._version += 1
         self.local.states[key] = (value, self._version)
-        self.local.max_version = self._version
+        self.local.max_version = self.local.apps_version = self._version
 
     def subscribe(self, subscriber: GossipSubscriber) -> None:
         """Receive membership events (see :class:`GossipSubscriber`)."""
@@ -275,10 +284,40 @@ class Gossiper:
             return
         self._windows.pop(endpoint, None)
         self._quarantine[endpoint] = self.ms.loop.time() + float(self.cfg["quarantine"])
+        self._targets = None
         if endpoint in self.live:
             self.live.discard(endpoint)
             self._view_changed()
         self._notify("on_remove", endpoint)
+
+    def preload(self, states: list[Any]) -> None:
+        """Take endpoint states (``EndpointState.wire()`` lists) as already
+        gossiped *and* echoed: each becomes known and alive at once, with one
+        heartbeat report in its window, and the usual ``on_join``,
+        ``on_change`` and ``on_alive`` events.
+
+        A simulation shortcut (``msgr sim gossip --preload``) for a cluster
+        that has already converged: it skips the join phase, in which every
+        node would echo every other (a session per pair: O(N^2) work before
+        the first measurement).  Not for production membership, where a
+        node is alive only after it answered ``gossip.echo``.  States of
+        this node, of quarantined or already known endpoints are ignored.
+        """
+        now = self.ms.loop.time()
+        for st in states:
+            name, gen, hb, apps = st
+            if name == self.name or name in self._quarantine or name in self.endpoints:
+                continue
+            ep = EndpointState(name, gen, hb)
+            self._merge(ep, apps)
+            self.endpoints[name] = ep
+            self._report(name, now)
+            self._notify("on_join", name, ep)
+            for key, (value, _ver) in ep.states.items():
+                self._notify("on_change", name, key, value)
+            if ep.status not in DEAD_STATES:
+                self._mark_alive(ep)
+        self._targets = None
 
     def status(self) -> dict[str, Any]:
         """A snapshot for ``gossip.status`` / ``msgr gossip status``."""
@@ -377,8 +416,7 @@ class Gossiper:
         self._version += 1
         self.local.version = self.local.max_version = self._version
         syn = [self.cfg["cluster"], self._digests()]
-        live = sorted(self.live)  # sorted: the same choices whatever the hash seed
-        unreachable = [n for n, ep in self.endpoints.items() if not ep.alive and n != self.name]
+        live, unreachable = self._round_targets()
         to_seed = False
         if live:
             for name in self.rng.sample(live, min(self.fanout, len(live))):
@@ -390,6 +428,15 @@ class Gossiper:
                 not live or self.rng.random() <= len(self.seeds) / (len(live) + len(unreachable))):
             self._syn(self.rng.choice(self.seeds), syn)
         self._status_check(now)
+
+    def _round_targets(self) -> tuple[list[str], list[str]]:
+        """``(live, unreachable)`` names, sorted (the same choices whatever
+        the hash seed); cached until liveness changes."""
+        if self._targets is None:
+            live = sorted(self.live)
+            unreachable = sorted(n for n, ep in self.endpoints.items() if not ep.alive and n != self.name)
+            self._targets = (live, unreachable)
+        return self._targets
 
     def _digests(self) -> list[Any]:
         # flat [name, gen, max_version, name, gen, max_version, ...]: one msgpack
@@ -420,15 +467,23 @@ class Gossiper:
         paused = now - self._last_pause < self.cfg["max_local_pause"]
         remove_after = self.cfg["remove_after"]
         threshold = self.threshold
-        for name, ep in list(self.endpoints.items()):
-            if name == self.name:
-                continue
-            if ep.alive:
-                w = self._windows.get(name)
-                if not paused and w is not None and w.phi(now) > threshold:
-                    self._mark_dead(ep, f"phi {w.phi(now):.1f} > {threshold:g}")
-            elif remove_after and ep.dead_since is not None and now - ep.dead_since > remove_after:
-                self.remove_endpoint(name)
+        live, unreachable = self._round_targets()
+        if not paused:
+            windows = self._windows
+            convicted = []
+            for name in live:
+                w = windows.get(name)
+                if w is not None and w.phi(now) > threshold:
+                    convicted.append((name, w.phi(now)))
+            for name, phi in convicted:
+                ep = self.endpoints.get(name)
+                if ep is not None and ep.alive:
+                    self._mark_dead(ep, f"phi {phi:.1f} > {threshold:g}")
+        if remove_after:
+            for name in unreachable:
+                ep = self.endpoints.get(name)
+                if ep is not None and ep.dead_since is not None and now - ep.dead_since > remove_after:
+                    self.remove_endpoint(name)
         if self._quarantine:
             for name in [n for n, until in self._quarantine.items() if until <= now]:
                 del self._quarantine[name]
@@ -475,26 +530,30 @@ class Gossiper:
         if not self._running or not isinstance(p, list) or len(p) != 2 or p[0] != self.cfg["cluster"]:
             return
         digests = p[1]
+        if not isinstance(digests, list):
+            return
         states: list[Any] = []
         requests: list[Any] = []
-        seen: set[str] = set()
         endpoints = self.endpoints
-        for i in range(0, len(digests) - 2, 3):
-            name, gen, maxv = digests[i], digests[i + 1], digests[i + 2]
-            seen.add(name)
+        known = 0  # digests of endpoints we know: if fewer than ours, the sender lacks some
+        for name, gen, maxv in zip(digests[0::3], digests[1::3], digests[2::3], strict=False):
             local = endpoints.get(name)
             if local is None:
                 if name not in self._quarantine:
                     requests += (name, gen, 0)
+                continue
+            known += 1
+            if local.generation == gen:
+                if local.max_version > maxv:
+                    states.append(local.wire(maxv))
+                elif local.max_version < maxv:
+                    requests += (name, gen, local.max_version)
             elif local.generation > gen:
                 states.append(local.wire(0))
-            elif local.generation < gen:
+            else:
                 requests += (name, gen, 0)
-            elif local.max_version > maxv:
-                states.append(local.wire(maxv))
-            elif local.max_version < maxv:
-                requests += (name, gen, local.max_version)
-        if len(seen) < len(endpoints):
+        if known < len(endpoints):
+            seen = set(digests[0::3])
             states += [ep.wire(0) for n, ep in endpoints.items() if n not in seen]
         if states or requests:
             self._send(msg.conn, VERB_ACK, [states, requests])
@@ -535,7 +594,7 @@ class Gossiper:
 
     def _mark_shutdown(self, ep: EndpointState) -> None:
         ep.states[STATUS] = (SHUTDOWN, FORCED_VERSION)
-        ep.version = ep.max_version = FORCED_VERSION
+        ep.version = ep.max_version = ep.apps_version = FORCED_VERSION
         if ep.alive:
             self._mark_dead(ep, "shut down")
         self._notify("on_change", ep.name, STATUS, SHUTDOWN)
@@ -545,29 +604,35 @@ class Gossiper:
         if not isinstance(states, list):
             return
         now = self.ms.loop.time()
+        me, quarantine, endpoints = self.name, self._quarantine, self.endpoints
         for st in states:
             if not isinstance(st, list) or len(st) != 4:
                 continue
             name, gen, hb, apps = st
-            if name == self.name or name in self._quarantine or not isinstance(name, str):
+            if name == me or not isinstance(name, str) or name in quarantine:
                 continue
-            local = self.endpoints.get(name)
+            local = endpoints.get(name)
             if local is None or gen > local.generation:
                 self._major_change(name, gen, hb, apps, local, now)
-            elif gen == local.generation:
-                beat = hb > local.version
-                if beat:
-                    local.version = hb
-                    self._report(name, now)
-                changed = self._merge(local, apps)
-                if local.version > local.max_version:
-                    local.max_version = local.version
-                for key, value in changed:
-                    self._notify("on_change", name, key, value)
+                continue
+            if gen != local.generation:
+                continue
+            beat = hb > local.version
+            if beat:
+                local.version = hb
+                if hb > local.max_version:
+                    local.max_version = hb
+                self._report(name, now)
+            changed = self._merge(local, apps) if apps else ()
+            for key, value in changed:
+                self._notify("on_change", name, key, value)
+            # the status changes only with the states; an endpoint already
+            # marked alive or dead keeps its mark until one of them changes
+            if changed or (beat and not local.alive):
                 if local.status in DEAD_STATES:
                     if local.alive:
                         self._mark_dead(local, f"status {local.status}")
-                elif not local.alive and (beat or changed):
+                elif not local.alive:
                     self._echo(local)
 
     @staticmethod
@@ -580,6 +645,8 @@ class Gossiper:
                 ep.states[key] = (value, ver)
                 if ver > ep.max_version:
                     ep.max_version = ver
+                if ver > ep.apps_version:
+                    ep.apps_version = ver
                 changed.append((key, value))
         return changed
 
@@ -596,6 +663,7 @@ class Gossiper:
                 self._view_changed()
             self._windows.pop(name, None)
         self.endpoints[name] = ep
+        self._targets = None
         self._report(name, now)
         if old is None:
             self._notify("on_join", name, ep)
@@ -608,6 +676,8 @@ class Gossiper:
         w = self._windows.get(name)
         if w is None:
             w = self._windows[name] = ArrivalWindow()
+        # Cassandra: the first sample is the initial guess, and intervals
+        # over the maximum (both twice the gossip interval) are ignored
         w.report(now, initial=2 * self.interval, max_interval=2 * self.interval)
 
     # -- alive / dead ----------------------------------------------------------------
@@ -642,6 +712,7 @@ class Gossiper:
         ep.alive = True
         ep.dead_since = None
         self.live.add(ep.name)
+        self._targets = None
         self.ms.add_known_address(ep.name, ep.addrs)
         self._view_changed()
         self._notify("on_alive", ep.name, ep)
@@ -653,6 +724,7 @@ class Gossiper:
         ep.alive = False
         ep.dead_since = self.ms.loop.time()
         self.live.discard(ep.name)
+        self._targets = None
         self._failed.add(ep.name)
         log.info("%s: %s is down: %s", self.name, ep.name, reason)
         self._view_changed()

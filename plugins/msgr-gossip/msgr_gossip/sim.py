@@ -9,15 +9,28 @@ already run under ``@pytest.mark.looptime`` await :func:`simulate` directly.
 What it measures:
 
 1. *warm-up*: time until every node sees every other alive (seeds only at
-   start);
+   start).  With ``preload=True`` the join phase is skipped instead: every
+   node starts knowing every other node's state, alive
+   (:meth:`Gossiper.preload`, as if the cluster had converged), then
+   gossips ``settle`` rounds before the measurements — so large N runs
+   without the O(N^2) join (an echo and a session per pair);
 2. *dissemination*: ``trials`` times, a random node sets a new application
    state; the time until every other node has it, in rounds, against the
-   push-pull bound ``log3(N) + ln ln N``;
+   push-pull bound ``log3(N) + ln ln N``.  One after the other, or with
+   ``stagger > 0`` started ``stagger`` rounds apart without waiting for the
+   previous one: an exchange carries every newer state, so one trial's
+   spread does not wait for another's, but overlapping trials share the
+   random gossip partners of the same rounds (they are not independent
+   samples);
 3. *traffic*: per node and round, gossip messages and bytes sent during the
    dissemination trials, and the size of one SYN;
 4. *conviction* (``crash=True``): a random non-seed node is killed
    (``SimNetwork.kill_node`` + ``Messenger.abort``); the time until each
-   live node convicts it.
+   live node convicts it, and the two terms that make it up: the *lag*
+   from the crash to the last newer heartbeat an observer received, and
+   the observer's mean heartbeat inter-arrival time (phi crosses the
+   threshold ``threshold * ln 10`` mean intervals after that last arrival);
+5. *cost*: wall clock, CPU seconds and peak RSS of the process.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import asyncio
 import itertools
 import math
 import random
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -39,6 +53,17 @@ from msgr_core.registry import PluginSet
 from .gossiper import EndpointState, Gossiper, GossipSubscriber
 
 __all__ = ["SimResult", "Watcher", "bound", "format_table", "make_cluster", "run", "simulate"]
+
+
+class _SimPlugins(PluginSet):
+    """One plugin set shared by every simulated node, which skips the
+    entry-point scan once the names asked for are loaded
+    (``PluginSet.load`` scans the installed distributions on every call: a
+    third of the CPU of starting 100 simulated messengers)."""
+
+    def load(self, group: str, names: list[str]) -> None:
+        if any(n not in self.loaded for n in names):
+            super().load(group, names)
 
 _net_ids = itertools.count()
 
@@ -85,7 +110,7 @@ class Watcher(GossipSubscriber):
         self.sim._changed()
 
     def on_change(self, endpoint: str, key: str, value: Any) -> None:
-        if key == "sim":
+        if key == "sim" or key.startswith("sim."):
             self.sim.seen.setdefault(value, {})[self.name] = self.sim.loop.time()
             self.sim._changed()
 
@@ -180,9 +205,11 @@ def _config(cfg: dict[str, Any]) -> Any:
 
 async def make_cluster(nodes: int, seeds: int = 1, *, interval: float = 1.0, fanout: int = 1,
                        threshold: float = 8.0, rng_seed: int = 0, delay: float = 0.001,
-                       extra: dict[str, Any] | None = None) -> Cluster:
+                       extra: dict[str, Any] | None = None, preload: bool = False) -> Cluster:
     """Start ``nodes`` gossiping messengers ``n0 ...`` on a fresh
-    ``SimNetwork`` of the running loop; ``n0 .. n{seeds-1}`` are the seeds."""
+    ``SimNetwork`` of the running loop; ``n0 .. n{seeds-1}`` are the seeds.
+    ``preload``: every node then knows every other alive at once
+    (:meth:`Gossiper.preload`), without the join phase."""
     from msgr_loopback import get_network
 
     loop = asyncio.get_running_loop()
@@ -190,7 +217,7 @@ async def make_cluster(nodes: int, seeds: int = 1, *, interval: float = 1.0, fan
     net = get_network(net_name)
     net.reseed(rng_seed)
     net.set_delay(None, None, delay)
-    cluster = Cluster(loop, net, plugins=PluginSet())
+    cluster = Cluster(loop, net, plugins=_SimPlugins())
     seed_addrs = [f"loop://n{i}" for i in range(seeds)]
     for i in range(nodes):
         name = f"n{i}"
@@ -207,6 +234,10 @@ async def make_cluster(nodes: int, seeds: int = 1, *, interval: float = 1.0, fan
             cfg.setdefault(section, {}).update(values)
         cluster.configs[name] = cfg
         await cluster.start_node(name)
+    if preload:
+        states = [cluster.gossiper(n).local.wire(0) for n in cluster.nodes]
+        for name in cluster.nodes:
+            cluster.gossiper(name).preload(states)
     return cluster
 
 
@@ -224,11 +255,27 @@ class SimResult:
     bytes_per_node_round: float = 0.0
     syn_bytes: int = 0
     conviction: list[float] = field(default_factory=list)
+    #: per observer of the crash: last newer heartbeat received - crash time
+    lag: list[float] = field(default_factory=list)
+    #: per observer of the crash: its mean heartbeat inter-arrival time of the victim
+    hb_interval: list[float] = field(default_factory=list)
+    threshold: float = 8.0
+    preload: bool = False
+    rng_seed: int = 0
     wall: float = 0.0
+    cpu: float = 0.0
+    max_rss_mb: float = 0.0
 
     @property
     def bound(self) -> float:
         return bound(self.nodes)
+
+    @property
+    def predicted(self) -> float:
+        """Mean conviction time the phi model predicts from the measured
+        terms: ``lag + threshold * ln 10 * mean inter-arrival`` per observer."""
+        k = self.threshold * math.log(10.0)
+        return statistics.fmean(lag + k * m for lag, m in zip(self.lag, self.hb_interval, strict=True))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -243,41 +290,58 @@ class SimResult:
             "conviction_min_s": min(self.conviction) if self.conviction else None,
             "conviction_mean_s": statistics.fmean(self.conviction) if self.conviction else None,
             "conviction_max_s": max(self.conviction) if self.conviction else None,
-            "wall_s": self.wall,
+            "lag_mean_s": statistics.fmean(self.lag) if self.lag else None,
+            "hb_interval_mean_s": statistics.fmean(self.hb_interval) if self.hb_interval else None,
+            "predicted_conviction_mean_s": self.predicted if self.lag else None,
+            "preload": self.preload,
+            "wall_s": self.wall, "cpu_s": self.cpu, "max_rss_mb": self.max_rss_mb,
         }
 
 
 async def simulate(nodes: int, seeds: int = 1, *, rounds: int = 60, trials: int = 10, interval: float = 1.0,
                    fanout: int = 1, threshold: float = 8.0, rng_seed: int = 0, crash: bool = True,
-                   delay: float = 0.001) -> SimResult:
+                   delay: float = 0.001, preload: bool = False, settle: int = 10,
+                   stagger: float = 0.0) -> SimResult:
     """Run the measurements of the module docstring on the running loop
     (which must be under virtual time: the run spans minutes of it).
 
     :param rounds: the most rounds any phase may take before it is reported
         as not converging (:class:`TimeoutError`).
+    :param preload: skip the join (see the module docs); ``settle`` rounds
+        of gossip then fill the detectors' windows before the trials.
     """
     wall = time.perf_counter()
+    cpu = time.process_time()
     rng = random.Random(rng_seed)
-    res = SimResult(nodes, seeds, interval, fanout)
+    res = SimResult(nodes, seeds, interval, fanout, threshold=threshold, preload=preload, rng_seed=rng_seed)
     cluster = await make_cluster(nodes, seeds, interval=interval, fanout=fanout, threshold=threshold,
-                                 rng_seed=rng_seed, delay=delay)
+                                 rng_seed=rng_seed, delay=delay, preload=preload)
     loop = cluster.loop
     try:
         t0 = loop.time()
         await cluster.wait(cluster.all_alive, rounds * interval)
         res.warmup = loop.time() - t0
+        if preload:
+            await asyncio.sleep(settle * interval)
         names = cluster.live_names()
         before = _traffic(cluster)
         start = loop.time()
+        started: list[float] = []
         for trial in range(trials):
             origin = rng.choice(names)
-            t0 = loop.time()
-            cluster.gossiper(origin).add_local_application_state("sim", trial)
+            started.append(loop.time())
+            # a key per trial: two trials from one origin must not replace each other
+            cluster.gossiper(origin).add_local_application_state(f"sim.{trial}", trial)
+            if stagger > 0:
+                await asyncio.sleep(stagger * interval)
+                continue
             await cluster.wait(lambda trial=trial: len(cluster.seen.get(trial, ())) >= nodes - 1,
                                rounds * interval)
-            res.rounds.append((max(cluster.seen[trial].values()) - t0) / interval)
             # let the next trial start at another phase of the rounds
             await asyncio.sleep(rng.random() * interval)
+        await cluster.wait(lambda: all(len(cluster.seen.get(t, ())) >= nodes - 1 for t in range(trials)),
+                           rounds * interval)
+        res.rounds = [(max(cluster.seen[t].values()) - started[t]) / interval for t in range(trials)]
         after = _traffic(cluster)
         node_rounds = nodes * (loop.time() - start) / interval
         res.msgs_per_node_round = (after[0] - before[0]) / node_rounds
@@ -291,9 +355,16 @@ async def simulate(nodes: int, seeds: int = 1, *, rounds: int = 60, trials: int 
             others = [n for n in names if n != victim]
             await cluster.wait(lambda: len(cluster.dead_at.get(victim, {})) >= len(others), rounds * interval)
             res.conviction = [cluster.dead_at[victim][n] - t_crash for n in others]
+            for n in others:
+                w = cluster.gossiper(n)._windows.get(victim)
+                if w is not None and w.last is not None:
+                    res.lag.append(w.last - t_crash)
+                    res.hb_interval.append(w.mean())
     finally:
         await cluster.stop()
     res.wall = time.perf_counter() - wall
+    res.cpu = time.process_time() - cpu
+    res.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
 

@@ -201,8 +201,10 @@ async def test_hooks_and_status(cluster: MakeCluster) -> None:
 def test_endpoint_state_wire() -> None:
     ep = EndpointState("a", 5, 3)
     ep.states = {"STATUS": ("normal", 1), "X": (1, 4)}
+    ep.apps_version = 4  # kept by whoever changes the states
     assert ep.wire(0) == ["a", 5, 3, [["STATUS", "normal", 1], ["X", 1, 4]]]
     assert ep.wire(3) == ["a", 5, 3, [["X", 1, 4]]]
+    assert list(ep.wire(4)[3]) == []  # a heartbeat only
 
 
 async def test_no_conviction_right_after_a_local_pause(cluster: MakeCluster) -> None:

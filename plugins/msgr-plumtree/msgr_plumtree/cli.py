@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from msgr_core import Messenger
@@ -33,6 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("address", help="a node's messenger address (tcp://host:port)")
     p.add_argument("--root", default="", help="the tree's root (default: that node)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the indented tree")
+    p.add_argument("--svg", metavar="FILE", help="also draw the tree (mutual eager links) as SVG into FILE")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(func=_cmd_tree)
 
@@ -47,6 +49,22 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--graft-mode", choices=["partisan", "paper"], default="partisan")
     p.add_argument("--csv", help="also write the rows to this CSV file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    paper = p.add_argument_group("the paper's experiment over HyParView (--paper)")
+    paper.add_argument("--paper", action="store_true",
+                       help="run the paper's scenarios over HyParView (eager-gossip baseline, single and random "
+                            "sender, steady failures, massive failures) instead of the full-membership ones")
+    paper.add_argument("--scenarios", nargs="+", default=["baseline", "single", "random", "steady", "massive"],
+                       choices=["baseline", "single", "random", "steady", "massive"])
+    paper.add_argument("--first-seed", type=int, default=0, help="seeds FIRST_SEED .. FIRST_SEED+SEEDS-1")
+    paper.add_argument("--fanout", type=int, default=4, help="eager-gossip baseline fanout")
+    paper.add_argument("--cycles", type=int, default=100, help="steady failures: cycles")
+    paper.add_argument("--rate", type=float, default=0.005, help="steady failures: fraction failing per cycle")
+    paper.add_argument("--after", type=int, default=10, help="massive failures: broadcasts after the failure")
+    paper.add_argument("--settle", type=float, default=30.0, help="seconds (virtual) for the overlay to form")
+    paper.add_argument("--plot", metavar="PNG", help="plot the rows (needs matplotlib: msgr-plumtree[sim])")
+    paper.add_argument("--svg", metavar="FILE", help="draw the delivery tree of the last single-sender broadcast")
+    paper.add_argument("--from-csv", metavar="CSV", help="run nothing: summarize (and --plot) the rows of a CSV "
+                                                         "an earlier --paper run wrote")
     p.set_defaults(func=_cmd_sim)
 
 
@@ -65,29 +83,34 @@ async def get_tree(address: str, root: str = "", timeout: float = 10.0) -> dict[
 def format_tree(reply: dict[str, Any]) -> str:
     """The tree as indented text: the root, then each node under the peer
     it is linked to by a mutual eager link (a breadth-first spanning tree
-    of those links); lazy links and unreachable nodes listed after."""
-    tree = reply["tree"]
-    eager = {n: set(v[0]) for n, v in tree.items() if not isinstance(v, str)}
+    of those links, :func:`msgr_plumtree.svg.eager_tree`); nodes not linked
+    and unreachable nodes listed after."""
+    from .svg import eager_tree
+
     root = reply["root"]
+    children, rest, down = eager_tree(reply["tree"], root)
     lines = [f"tree rooted at {root} (as collected by {reply['node']})"]
-    seen = {root}
-    order: list[tuple[int, str]] = []
     todo = [(0, root)]
     while todo:
         depth, node = todo.pop()
-        order.append((depth, node))
-        for child in sorted(eager.get(node, set()), reverse=True):
-            if child not in seen and node in eager.get(child, set()):
-                seen.add(child)
-                todo.append((depth + 1, child))
-    lines += ["  " * d + n for d, n in order]
-    rest = sorted(set(eager) - seen)
+        lines.append("  " * depth + node)
+        todo += [(depth + 1, c) for c in reversed(children.get(node, []))]
     if rest:
         lines.append("not linked by eager links: " + ", ".join(rest))
-    down = sorted(n for n, v in tree.items() if isinstance(v, str))
     if down:
         lines.append("did not answer: " + ", ".join(down))
     return "\n".join(lines)
+
+
+def write_tree_svg(reply: dict[str, Any], path: str) -> None:
+    """Draw a ``pt.tree`` reply (its mutual eager links) as SVG into ``path``."""
+    from .svg import eager_tree, tree_svg
+
+    root = reply["root"]
+    children, rest, down = eager_tree(reply["tree"], root)
+    with open(path, "w") as f:
+        f.write(tree_svg(children, root, extra=rest + down,
+                         title=f"eager links of the tree rooted at {root} (collected by {reply['node']})"))
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
@@ -97,10 +120,68 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         print(f"plumtree tree {args.address}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(reply, indent=2) if args.json else format_tree(reply))
+    if args.svg:
+        write_tree_svg(reply, args.svg)
+    return 0
+
+
+def _write_csv(path: str, rows: list[Any]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].as_dict()) if rows else ["nodes"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(r.as_dict())
+
+
+def _cmd_paper(args: argparse.Namespace) -> int:
+    import resource
+
+    from .sim import format_summary, run_paper, summarize
+    from .svg import tree_svg
+
+    rows: list[Any] = []
+    pictures: list[str] = []
+    if args.from_csv:
+        from .sim import read_rows
+
+        rows = read_rows(args.from_csv)
+    for n in [] if args.from_csv else args.nodes:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            t0, c0 = time.perf_counter(), time.process_time()
+
+            async def picture(name: str, cluster: Any, seed: int = seed, n: int = n) -> None:
+                last = cluster.last
+                if args.svg and name == "single" and seed == args.first_seed and last is not None:
+                    pictures.append(tree_svg(
+                        cluster.children(last.msg_id), last.root,
+                        title=f"delivery tree of broadcast {args.broadcasts} from {last.root}, N={n}, seed {seed}"))
+
+            got = run_paper(n, seed, scenarios=tuple(args.scenarios), broadcasts=args.broadcasts,
+                            fanout=args.fanout, steady_cycles=args.cycles, steady_rate=args.rate,
+                            fail=tuple(args.fail), after_failure=args.after, settle=args.settle,
+                            on_cluster=picture)
+            rows.extend(got)
+            if args.svg and pictures:
+                Path(args.svg).write_text(pictures[-1])
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"# N={n} seed={seed}: {time.perf_counter() - t0:.1f} s wall, "
+                  f"{time.process_time() - c0:.1f} s CPU, peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
+            if args.csv:
+                _write_csv(args.csv, rows)  # after every seed: a long run keeps what it measured
+    if args.json:
+        print(json.dumps(summarize(rows), indent=2))
+    else:
+        print(format_summary(summarize(rows)))
+    if args.plot:
+        from .sim import plot
+
+        plot(rows, args.plot)
     return 0
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
+    if args.paper:
+        return _cmd_paper(args)
     from .sim import format_rows, run
 
     rows = []
@@ -114,11 +195,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                 print(format_rows(got), flush=True)
                 print(f"# N={n} seed={seed}: {time.perf_counter() - t0:.1f} s wall", file=sys.stderr, flush=True)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].as_dict()) if rows else ["nodes"])
-            w.writeheader()
-            for r in rows:
-                w.writerow(r.as_dict())
+        _write_csv(args.csv, rows)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     return 0

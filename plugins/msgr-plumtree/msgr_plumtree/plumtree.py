@@ -190,7 +190,7 @@ class Plumtree:
 
     def __init__(self, messenger: Messenger, *, lazy_tick_period: float = 1.0, exchange_tick_period: float = 10.0,
                  graft_mode: str = "partisan", graft_timeout: float = 0.5, graft_retry_timeout: float = 0.25,
-                 max_exchanges: int = 1, seed: int = 0, tree: str = "per_root") -> None:
+                 max_exchanges: int = 1, seed: int = 0, tree: str = "per_root", eager_gossip_fanout: int = 0) -> None:
         if lazy_tick_period <= 0:
             raise ConfigError("plumtree.lazy_tick_period", lazy_tick_period, "a number > 0")
         if exchange_tick_period <= 0:
@@ -203,6 +203,8 @@ class Plumtree:
             raise ConfigError("plumtree.tree", tree, '"per_root" or "shared"')
         if max_exchanges < 0:
             raise ConfigError("plumtree.max_exchanges", max_exchanges, "an integer >= 0")
+        if eager_gossip_fanout < 0:
+            raise ConfigError("plumtree.eager_gossip_fanout", eager_gossip_fanout, "an integer >= 0")
         self.messenger = messenger
         self.name = messenger.name
         self.lazy_tick_period = lazy_tick_period
@@ -214,6 +216,10 @@ class Plumtree:
         self.seed = seed
         #: one tree for every sender (the paper) instead of one per root (riak_core, Partisan)
         self.shared_tree = tree == "shared"
+        #: > 0: not Plumtree but the paper's baseline, eager push gossip: a new
+        #: message goes to this many random members (never the sender), with no
+        #: lazy push, prune or graft
+        self.eager_gossip_fanout = eager_gossip_fanout
         self.rng = random.Random(seed * 7919 + zlib.crc32(self.name.encode()))
         self.handlers: dict[str, BroadcastHandler] = {}
         self.members: set[str] = set()  # every member but this node
@@ -454,13 +460,21 @@ class Plumtree:
             return False
 
     def _eager_push(self, hname: str, msg_id: Any, payload: Any, hops: int, root: str, sender: str) -> None:
-        eager, _ = self._ensure_root(root)
         frame = [hname, msg_id, payload, hops, root]
+        if self.eager_gossip_fanout:
+            members = sorted(self.members - {sender})
+            for peer in self.rng.sample(members, min(self.eager_gossip_fanout, len(members))):
+                if self._send(V_BROADCAST, peer, frame):
+                    self.counters["payload_out"] += 1
+            return
+        eager, _ = self._ensure_root(root)
         for peer in sorted(eager):  # sorted: runs are reproducible whatever the hash seed
             if peer != sender and peer != root and self._send(V_BROADCAST, peer, frame):
                 self.counters["payload_out"] += 1
 
     def _schedule_lazy(self, hname: str, msg_id: Any, hops: int, root: str, sender: str) -> None:
+        if self.eager_gossip_fanout:
+            return
         _, lazy = self._ensure_root(root)
         entry = [hname, msg_id, hops, root]
         key = (hname, msg_id, root)
@@ -489,6 +503,8 @@ class Plumtree:
             self._schedule_lazy(hname, msg_id, hops + 1, root, sender)
         else:
             self.counters["duplicates"] += 1
+            if self.eager_gossip_fanout:
+                return  # eager gossip: duplicates are its cost, not a signal
             self._add_lazy(sender, root)
             if self._send(V_PRUNE, sender, root):
                 self.counters["prune_out"] += 1

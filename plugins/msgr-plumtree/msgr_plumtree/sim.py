@@ -37,6 +37,16 @@ __all__ = ["BroadcastResult", "Cluster", "make_cluster"]
 _net_ids = itertools.count()
 
 
+class _SimPlugins(PluginSet):
+    """A plugin set that skips the entry-point scan once the names asked
+    for are loaded (``PluginSet.load`` scans the installed distributions on
+    every call, which dominated starting thousands of simulated nodes)."""
+
+    def load(self, group: str, names: list[str]) -> None:
+        if any(n not in self.loaded for n in names):
+            super().load(group, names)
+
+
 @dataclass
 class BroadcastResult:
     """The metrics of one broadcast."""
@@ -70,7 +80,9 @@ class Cluster:
     logs: dict[str, MessageLog] = field(default_factory=dict)
     hops: dict[Any, dict[str, int]] = field(default_factory=dict)
     parents: dict[Any, dict[str, str]] = field(default_factory=dict)
-    plugins: PluginSet = field(default_factory=PluginSet)
+    plugins: PluginSet = field(default_factory=_SimPlugins)
+    #: the last broadcast measured
+    last: BroadcastResult | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def pt(self, name: str) -> Plumtree:
@@ -105,9 +117,33 @@ class Cluster:
             self.nodes[n].install_view(members)
 
     async def crash(self, name: str) -> None:
-        """Kill ``name`` as a crash would (links break, nothing said)."""
+        """Kill ``name`` as a crash would (links break, nothing said; its
+        timers stop with it)."""
         self.network.kill_node(name)
-        await self.nodes[name].abort()
+        ms = self.nodes[name]
+        for ext in ("hyparview", "plumtree"):
+            obj = ms.extensions.get(ext)
+            if obj is not None:
+                obj.close()
+        await ms.abort()
+
+    def report_failed(self, victims: list[str], *, to: str = "neighbours") -> None:
+        """Fire ``msgr_peer_failed`` for ``victims`` on the survivors that
+        would notice: ``"neighbours"`` — those that hold a victim in
+        HyParView's active view or Plumtree's members (a broken link is the
+        detector, as in the paper); ``"all"`` — every live node (a
+        membership service that tells everyone)."""
+        dead = set(victims)
+        for name in self.live():
+            ms = self.nodes[name]
+            if to == "all":
+                seen = dead
+            else:
+                hv = ms.extensions.get("hyparview")
+                near = set(self.pt(name).members) | (set(hv.active) if hv is not None else set())
+                seen = near & dead
+            for v in sorted(seen):
+                ms.hook.msgr_peer_failed(messenger=ms, peer=v, reason="simulated detector")
 
     def children(self, msg_id: Any) -> dict[str, list[str]]:
         """``{node: [nodes that delivered msg_id from it]}`` (the delivery tree)."""
@@ -156,8 +192,9 @@ class Cluster:
             await self.wait(lambda: not self.outstanding(), guard)
         delivered = len(expect) - len(self.missing(msg_id, expect))
         hops = self.hops.get(msg_id, {})
-        return BroadcastResult(msg_id, root, len(expect), delivered, self.payload_total() - m0,
-                               max(hops.values(), default=0), self.graft_total() - g0, duration)
+        self.last = BroadcastResult(msg_id, root, len(expect), delivered, self.payload_total() - m0,
+                                    max(hops.values(), default=0), self.graft_total() - g0, duration)
+        return self.last
 
     async def stop(self) -> None:
         for ms in self.nodes.values():
@@ -278,6 +315,239 @@ async def experiment(nodes: int, seed: int = 0, *, broadcasts: int = 5, fail: tu
         finally:
             await c.stop()
     return rows
+
+
+#: ``[plumtree]`` settings of :func:`paper_experiment`'s clusters: HyParView
+#: with the paper's sizes, one shared tree (the paper's), grafts at once, and
+#: no anti-entropy (a delivery is the tree's and the lazy push's doing only)
+PAPER_SETTINGS: dict[str, Any] = {"peer_sampling": "hyparview", "tree": "shared", "graft_mode": "partisan",
+                                  "exchange_tick_period": 1e9}
+
+
+async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, broadcasts: int = 10,
+                           fanout: int = 4, steady_cycles: int = 100, steady_rate: float = 0.005,
+                           fail: tuple[float, ...] = (0.4, 0.6, 0.8), after_failure: int = 10,
+                           pre_failure: int = 3, guard: float = 10.0, detector: str = "neighbours",
+                           scenarios: tuple[str, ...] = ("baseline", "single", "random", "steady", "massive"),
+                           plumtree: dict[str, Any] | None = None, on_cluster: Any = None) -> list[Row]:
+    """Leitão et al.'s experiment over a HyParView overlay
+    (:data:`PAPER_SETTINGS`, updated by ``plumtree``), one row per
+    broadcast (``step`` numbers them within a scenario):
+
+    - ``eager-gossip`` (``"baseline"``): a cluster running eager push
+      gossip with ``fanout`` instead of Plumtree; ``broadcasts`` from random
+      senders (RMR about ``fanout - 1``);
+    - ``single``: ``broadcasts`` from ``n0``, on a fresh Plumtree cluster
+      whose overlay had ``settle`` s to form;
+    - ``random``: then ``broadcasts`` from random live senders;
+    - ``steady``: then ``steady_cycles`` cycles, each: ``steady_rate`` of
+      the initial nodes (at least 1) crash, the detector reports them, a
+      random live node broadcasts;
+    - ``pre-40%`` / ``fail-40%`` ... (``"massive"``): per fraction a fresh
+      cluster, ``pre_failure`` broadcasts, then that fraction crashes at
+      once, the detector reports them, and ``after_failure`` broadcasts
+      from random survivors.
+
+    Failures are reported by ``detector`` (:meth:`Cluster.report_failed`).
+    A broadcast's window closes when every live node delivered it and every
+    lazy push was acknowledged, or after ``guard`` s (virtual).
+    ``on_cluster(name, cluster)`` is awaited for each cluster before it
+    stops (pictures, checks).
+    """
+    import random
+
+    rng = random.Random(seed)
+    rows: list[Row] = []
+    settings = {**PAPER_SETTINGS, **(plumtree or {})}
+
+    def add(scenario: str, step: int, r: BroadcastResult) -> None:
+        rows.append(_row(nodes, seed, scenario, step, [r]))
+
+    async def fresh(extra: dict[str, Any] | None = None) -> Cluster:
+        c = await make_cluster(nodes, seed=seed, plumtree={**settings, **(extra or {})})
+        await asyncio.sleep(settle)  # virtual: joins' random walks and shuffles
+        return c
+
+    async def finish(name: str, c: Cluster) -> None:
+        try:
+            if on_cluster is not None:
+                await on_cluster(name, c)
+        finally:
+            await c.stop()
+
+    if "baseline" in scenarios:
+        c = await fresh({"eager_gossip_fanout": fanout})
+        try:
+            for i in range(broadcasts):
+                add("eager-gossip", i + 1, await c.broadcast(rng.choice(c.live()), guard=guard))
+        finally:
+            await finish("eager-gossip", c)
+    if {"single", "random", "steady"} & set(scenarios):
+        c = await fresh()
+        try:
+            if "single" in scenarios:
+                for i in range(broadcasts):
+                    add("single", i + 1, await c.broadcast("n0", guard=guard))
+                if on_cluster is not None:
+                    await on_cluster("single", c)
+            if "random" in scenarios:
+                for i in range(broadcasts):
+                    add("random", i + 1, await c.broadcast(rng.choice(c.live()), guard=guard))
+            if "steady" in scenarios:
+                per_cycle = max(1, round(nodes * steady_rate))
+                for cycle in range(steady_cycles):
+                    live = c.live()
+                    if len(live) <= per_cycle + 1:
+                        break
+                    victims = rng.sample(live, per_cycle)
+                    for v in victims:
+                        await c.crash(v)
+                    c.report_failed(victims, to=detector)
+                    add("steady", cycle + 1, await c.broadcast(rng.choice(c.live()), guard=guard))
+        finally:
+            await finish("plumtree", c)
+    if "massive" in scenarios:
+        for frac in fail:
+            label = f"{round(frac * 100)}%"
+            c = await fresh()
+            try:
+                for i in range(pre_failure):
+                    add(f"pre-{label}", i + 1, await c.broadcast(rng.choice(c.live()), guard=guard))
+                victims = rng.sample(c.live(), min(nodes - 1, int(nodes * frac)))
+                for v in victims:
+                    await c.crash(v)
+                c.report_failed(victims, to=detector)
+                for step in range(after_failure):
+                    add(f"fail-{label}", step + 1, await c.broadcast(rng.choice(c.live()), guard=guard))
+            finally:
+                await finish(f"fail-{label}", c)
+    return rows
+
+
+def summarize(rows: list[Row]) -> list[dict[str, Any]]:
+    """:func:`paper_experiment`'s rows reduced per scenario (over seeds and
+    steps): broadcasts, reliability mean and min, RMR mean (and of the first
+    broadcast), LDH mean and max, payload messages per broadcast; for
+    ``fail-X%``: per step too, and ``recovered_at``, the first step whose
+    mean RMR is back at (or under) the mean RMR of the last ``pre-X%``
+    broadcast."""
+    by: dict[str, list[Row]] = {}
+    for r in rows:
+        by.setdefault(r.scenario, []).append(r)
+    out: list[dict[str, Any]] = []
+
+    def stats(name: str, rs: list[Row], **more: Any) -> dict[str, Any]:
+        first = [r for r in rs if r.step == min(x.step for x in rs)]
+        return {"scenario": name, "nodes": rs[0].nodes, "seeds": len({r.seed for r in rs}), "broadcasts": len(rs),
+                "reliability_mean": _mean([r.reliability for r in rs]),
+                "reliability_min": min(r.reliability for r in rs),
+                "rmr_mean": _mean([r.rmr for r in rs]), "rmr_first": _mean([r.rmr for r in first]),
+                "ldh_mean": _mean([r.ldh for r in rs]), "ldh_max": max(r.ldh for r in rs),
+                "payload_mean": _mean([r.payload_msgs for r in rs]), **more}
+
+    for name, rs in by.items():
+        if not name.startswith("fail-"):
+            out.append(stats(name, rs))
+            continue
+        pre_rows = by.get("pre-" + name[5:], [])
+        last = max((r.step for r in pre_rows), default=0)
+        pre_rmr = _mean([r.rmr for r in pre_rows if r.step == last]) if pre_rows else 0.0
+        steps = sorted({r.step for r in rs})
+        recovered = next((st for st in steps
+                          if _mean([r.rmr for r in rs if r.step == st]) <= pre_rmr + 1e-9), None)
+        out.append(stats(name, rs, pre_rmr=pre_rmr, recovered_at=recovered))
+        for st in steps:
+            out.append(stats(f"{name}#{st}", [r for r in rs if r.step == st]))
+    return out
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    """:func:`summarize`'s output as a text table."""
+    lines = [f"{'scenario':<14} {'N':>6} {'seeds':>5} {'bcasts':>6} {'reliab. mean/min':>17} {'RMR mean':>9} "
+             f"{'RMR 1st':>8} {'LDH mean/max':>13} {'payload':>8} {'recovered at':>12}"]
+    for d in summary:
+        rec = d.get("recovered_at", "")
+        lines.append(f"{d['scenario']:<14} {d['nodes']:>6} {d['seeds']:>5} {d['broadcasts']:>6} "
+                     f"{d['reliability_mean'] * 100:>9.2f}/{d['reliability_min'] * 100:>6.1f}% {d['rmr_mean']:>9.3f} "
+                     f"{d['rmr_first']:>8.3f} {d['ldh_mean']:>8.1f}/{d['ldh_max']:>4.0f} {d['payload_mean']:>8.1f} "
+                     f"{'-' if rec is None else rec!s:>12}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    """Reliability, RMR and LDH per broadcast after the massive failures
+    (top) and for the other scenarios (bottom; steady: per cycle), means
+    over seeds, as a PNG at ``path`` (needs matplotlib: ``pip install
+    msgr-plumtree[sim]``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    fails = sorted({r.scenario for r in rows if r.scenario.startswith("fail-")})
+    metrics = (("reliability", "reliability (%)", 100.0), ("rmr", "RMR", 1.0), ("ldh", "LDH", 1.0))
+
+    def series(sc: str, attr: str, scale: float) -> tuple[list[int], list[float]]:
+        steps = sorted({r.step for r in rows if r.scenario == sc})
+        return steps, [scale * _mean([getattr(r, attr) for r in rows if r.scenario == sc and r.step == st])
+                       for st in steps]
+
+    for col, (attr, label, scale) in enumerate(metrics):
+        ax = axes[0][col]
+        for sc in fails:
+            ax.plot(*series(sc, attr, scale), marker="o", label=sc)
+        ax.set_xlabel("broadcast after the failure")
+        ax.set_ylabel(label)
+        ax.set_title(f"massive failures: {label}")
+        if fails:
+            ax.legend()
+        ax = axes[1][col]
+        for sc in ("steady", "eager-gossip", "single", "random"):
+            xs, ys = series(sc, attr, scale)
+            if xs:
+                ax.plot(xs, ys, marker="." if sc == "steady" else "o", label=sc)
+        ax.set_xlabel("broadcast (steady: cycle)")
+        ax.set_ylabel(label)
+        ax.set_title(f"stable and steady failures: {label}")
+        ax.legend()
+    sizes = ", ".join(str(n) for n in sorted({r.nodes for r in rows}))
+    fig.suptitle(f"msgr-plumtree over HyParView, N = {sizes}, {len({r.seed for r in rows})} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def read_rows(path: str) -> list[Row]:
+    """The rows of a CSV written by ``msgr sim plumtree --csv``."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [Row(int(d["nodes"]), int(d["seed"]), d["scenario"], int(d["step"]), int(d["broadcasts"]),
+                    float(d["reliability"]), float(d["rmr"]), float(d["ldh"]), float(d["payload_msgs"]))
+                for d in csv.DictReader(f)]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def run_paper(nodes: int, seed: int = 0, **options: Any) -> list[Row]:
+    """:func:`paper_experiment` in a fresh ``looptime`` event loop."""
+    import logging
+
+    import looptime
+
+    # crashed nodes make sends to them undeliverable: expected, not news
+    msgr_log = logging.getLogger("msgr")
+    level = msgr_log.level
+    msgr_log.setLevel(logging.ERROR)
+    loop = looptime.new_event_loop(noop_cycles=1)
+    try:
+        return loop.run_until_complete(paper_experiment(nodes, seed, **options))
+    finally:
+        loop.close()
+        msgr_log.setLevel(level)
 
 
 def format_rows(rows: list[Row]) -> str:

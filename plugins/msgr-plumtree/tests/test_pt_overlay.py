@@ -16,7 +16,8 @@ def test_pt_defaults() -> None:
     assert msgr_plumtree.msgr_config_sections() == {"plumtree": {
         "lazy_tick_period": 1.0, "exchange_tick_period": 10.0, "max_exchanges": 1, "graft_mode": "partisan",
         "graft_timeout": 0.5, "graft_retry_timeout": 0.25, "peer_sampling": "view", "seed": 0,
-        "tree": "per_root", "contacts": [], "active_size": 5, "passive_size": 30, "arwl": 6, "prwl": 3,
+        "tree": "per_root", "eager_gossip_fanout": 0, "contacts": [], "active_size": 5, "passive_size": 30,
+        "arwl": 6, "prwl": 3,
         "shuffle_period": 10.0, "shuffle_active": 3, "shuffle_passive": 4, "shuffle_ttl": 6}}
 
 

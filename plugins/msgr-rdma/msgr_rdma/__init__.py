@@ -8,9 +8,10 @@ Features
   written against a narrow verbs interface (:mod:`msgr_rdma.verbs`:
   register memory with access flags, post send / receive, RDMA READ /
   WRITE, poll a CQ, QP state transitions, a completion channel
-  descriptor).  Two implementations: pyverbs (device discovery only so
-  far) and :mod:`msgr_rdma.emulation`, a strict in-process emulation
-  (RNR, MR bounds and access, flush on error, CQ overrun).
+  descriptor).  Implementations: pyverbs (:mod:`msgr_rdma._pyverbs`;
+  not yet run on a device) and :mod:`msgr_rdma.emulation`, a strict
+  emulation (RNR, MR bounds and access, flush on error, CQ overrun), in
+  one process or across two (the verbs carried over a socket).
 - **No RNR, ever.**  Receive buffers are pre-registered and pre-posted;
   credits travel in every message header, a receive buffer is reposted
   before its credit goes back, and the last credit is kept for credit
@@ -28,28 +29,33 @@ Features
   access, retry exceeded) or CQ overrun ends the link with
   :class:`~msgr_rdma._link.RdmaLinkBroken` (a ``LinkClosed``) whose
   ``status`` is the :class:`~msgr_rdma.verbs.WcStatus`.
+- **Connection setup out of band over TCP** (:mod:`msgr_rdma._oob`): QP
+  number, PSN, LID, GID and sizes exchanged with the listener at
+  ``host:port``; the TCP connection stays as the disconnect signal.
 - **The backend is chosen explicitly**: ``[rdma] backend = "verbs"``
   (default) needs an RDMA device; without one ``listen`` / ``connect``
   raise :class:`~msgr_rdma.verbs.NoRdmaDevice` (an ``OSError``) saying
-  how to create a Soft-RoCE device.  ``"emulated"`` is the test backend;
-  it is never picked silently.
+  how to create a Soft-RoCE device.  ``"emulated"`` (in-process) and
+  ``"emulated-ipc"`` (across processes) are the test backends; they are
+  never picked silently.
 
 Address format
 --------------
 
 ``rdma://host:port``
     ``host`` an address or name, IPv6 as ``[::1]``; port 0 picks one
-    (listen only).  With the emulated backend, connection setup is an
-    in-process directory of listeners keyed by (host, port) — standing in
-    for rdmacm's address resolution and private-data exchange — so both
-    ends must live in the same process.
+    (listen only).  With ``"verbs"`` and ``"emulated-ipc"`` it is the TCP
+    address of the connection setup listener (for a device: an address on
+    its netdev / IPoIB interface); with ``"emulated"``, a key in an
+    in-process directory of listeners, so both ends must live in the same
+    process.
 
 Options
 -------
 
 Config section ``[rdma]``:
 
-``backend`` (``"verbs"`` | ``"emulated"``, default ``"verbs"``)
+``backend`` (``"verbs"`` | ``"emulated"`` | ``"emulated-ipc"``, default ``"verbs"``)
 ``device`` (str, default ``""`` = the first device), ``port`` (int, 1), ``gid_index`` (int, 0)
     which device / port / GID the verbs backend uses.
 ``buffer_size`` (int, default 8192)
@@ -66,6 +72,9 @@ Config section ``[rdma]``:
     registered memory kept for reuse per link and direction.
 ``poll_batch`` (int, default 64)
     completions taken per poll.
+``emu_qp_error_after`` (int, default 0)
+    emulated backends only (a ``ConfigError`` with ``"verbs"``): every QP
+    moves to the error state at its N-th send work request; chaos tests.
 """
 
 from __future__ import annotations

@@ -209,8 +209,12 @@ class RdmaLink(Link):
         self._water_scheduled = False
         self.stats_messages_sent = 0
         self.stats_reads = 0
+        qp.on_async_error = self._on_async_error
         loop.add_reader(cq.fileno(), self._on_cq)
         cq.req_notify()
+        # completions that arrived before the link existed (the peer may send as soon as its QP is in
+        # RTS) do not wake an armed channel: poll once (after start(), which follows construction)
+        loop.call_soon(self._on_cq)
 
     # -- Link API -----------------------------------------------------------------
 
@@ -387,7 +391,7 @@ class RdmaLink(Link):
     # -- completions -----------------------------------------------------------------
 
     def _on_cq(self) -> None:
-        if self._done:
+        if self._done or self._torn:
             return
         cq = self._cq
         try:
@@ -411,10 +415,11 @@ class RdmaLink(Link):
                         if self._close_sent and not self._close_initiator:
                             self._finish(None)  # answered the peer's CLOSE; it has gone
                             return
+                        vendor = f" (vendor error {wc.vendor_err:#x})" if wc.vendor_err else ""
                         self._break(
                             RdmaLinkBroken(
                                 f"RDMA link to {self.peer_address} broke: {wc.opcode.name} completed with "
-                                f"{wc.status.name}",
+                                f"{wc.status.name}{vendor}",
                                 wc.status,
                             )
                         )
@@ -482,6 +487,11 @@ class RdmaLink(Link):
             self.qp.post_recv(_K_RECV << 32 | index, self._recv_mr, base, size)
             if kind != CREDIT:
                 self._owed += 1
+
+    def _on_async_error(self, description: str) -> None:
+        """The device reported the QP (or its CQ, port, device) broken."""
+        if not self._done:
+            self._break(RdmaLinkBroken(f"RDMA link to {self.peer_address} broke: {description}", None))
 
     def _check_total(self, total: int) -> None:
         if total > self._opts.max_frame_bytes:

@@ -3,9 +3,9 @@
 Only what a reliable-connected (RC) messaging protocol needs: memory
 registration with access flags, one completion queue with a completion
 channel descriptor, and a queue pair with ``post_recv``, ``post_send``,
-``rdma_write``, ``rdma_read`` and state transitions.  Two implementations:
-:mod:`msgr_rdma.emulation` (strict, in-process) and the pyverbs backend
-(:func:`open_verbs_device`).
+``rdma_write``, ``rdma_read`` and state transitions.  Implementations:
+:mod:`msgr_rdma.emulation` (strict; in-process or across processes) and
+the pyverbs backend (:func:`open_verbs_device`, :mod:`msgr_rdma._pyverbs`).
 
 Semantics every implementation keeps (those of ibverbs, RC service):
 
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from msgr_core.errors import TransportError
 
@@ -37,6 +39,7 @@ __all__ = [
     "MemoryRegion",
     "NoRdmaDevice",
     "Opcode",
+    "QPEndpoint",
     "QPState",
     "QueuePair",
     "VerbsContext",
@@ -57,25 +60,51 @@ class Access(enum.IntFlag):
 
 
 class Opcode(enum.IntEnum):
+    """Completion opcodes (``IBV_WC_*``, same numbers); ``UNKNOWN`` for what a
+    device reports that is none of these (an error completion's opcode is
+    not defined by verbs)."""
+
     SEND = 0
     RDMA_WRITE = 1
     RDMA_READ = 2
     RECV = 128
+    UNKNOWN = 255
 
 
 class WcStatus(enum.IntEnum):
-    """Completion status (``IBV_WC_*``, same numbers)."""
+    """Completion status (``enum ibv_wc_status``, same numbers)."""
 
     SUCCESS = 0
     LOC_LEN_ERR = 1
     LOC_QP_OP_ERR = 2
+    LOC_EEC_OP_ERR = 3
     LOC_PROT_ERR = 4
     WR_FLUSH_ERR = 5
+    MW_BIND_ERR = 6
+    BAD_RESP_ERR = 7
+    LOC_ACCESS_ERR = 8
     REM_INV_REQ_ERR = 9
     REM_ACCESS_ERR = 10
     REM_OP_ERR = 11
     RETRY_EXC_ERR = 12
     RNR_RETRY_EXC_ERR = 13
+    LOC_RDD_VIOL_ERR = 14
+    REM_INV_RD_REQ_ERR = 15
+    REM_ABORT_ERR = 16
+    INV_EECN_ERR = 17
+    INV_EEC_STATE_ERR = 18
+    FATAL_ERR = 19
+    RESP_TIMEOUT_ERR = 20
+    GENERAL_ERR = 21
+
+    @classmethod
+    def from_raw(cls, value: int) -> WcStatus:
+        """The status a device reported; a number this enum does not know
+        (a newer or vendor status) is :attr:`GENERAL_ERR` -- never success."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.GENERAL_ERR
 
 
 class QPState(enum.IntEnum):
@@ -88,12 +117,28 @@ class QPState(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class WorkCompletion:
-    """One completion: the WR's id, its status, what it was, bytes moved."""
+    """One completion: the WR's id, its status, what it was, bytes moved
+    (and the device's vendor error code, 0 when none)."""
 
     wr_id: int
     status: WcStatus
     opcode: Opcode
     byte_len: int = 0
+    vendor_err: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QPEndpoint:
+    """What a peer needs to connect its RC QP to ours (exchanged out of band):
+    QP number, initial packet sequence number, port LID (InfiniBand; 0 on
+    RoCE) and GID (16 bytes; zeros when the fabric is not routed)."""
+
+    qp_num: int
+    psn: int = 0
+    lid: int = 0
+    gid: bytes = bytes(16)
+    #: the path MTU the sender's port runs (``enum ibv_mtu``: 1=256 ... 5=4096); 0 = unknown
+    mtu: int = 0
 
 
 class VerbsError(TransportError, OSError):
@@ -110,7 +155,7 @@ class VerbsError(TransportError, OSError):
 SOFT_ROCE_HINT = (
     "on a host whose kernel has RDMA support (CONFIG_RDMA_RXE), create a Soft-RoCE device with "
     "`rdma link add rxe0 type rxe netdev eth0` (rdma-core's iproute2 `rdma` tool), or select the "
-    'test backend explicitly with [rdma] backend = "emulated"'
+    'test backend explicitly with [rdma] backend = "emulated" (or "emulated-ipc" across processes)'
 )
 
 
@@ -178,19 +223,40 @@ class CompletionQueue(abc.ABC):
         """Destroy the CQ and its channel.  Idempotent."""
 
 
+class PeerChannel(Protocol):
+    """The out-of-band connection to the peer QP's host (connection setup;
+    for ``emulated-ipc`` also the wire).  The QP owns it once attached."""
+
+    def close(self) -> None: ...
+
+
 class QueuePair(abc.ABC):
-    """An RC queue pair; every WR completes on its CQ."""
+    """An RC queue pair; every WR completes on its CQ.
+
+    :ivar on_async_error: set by the QP's user: called once with a
+        description when the device reports the QP broken asynchronously
+        (a fatal async event), before its WRs flush.
+    """
 
     qp_num: int
     state: QPState
+    on_async_error: Callable[[str], None] | None = None
+
+    @abc.abstractmethod
+    def attach(self, channel: PeerChannel) -> None:
+        """Give the QP its out-of-band connection: :meth:`destroy` closes it."""
 
     @abc.abstractmethod
     def to_init(self) -> None: ...
 
     @abc.abstractmethod
-    def to_rtr(self, remote_qp_num: int) -> None:
-        """Ready to receive, connected to the peer QP (its number, and in a
-        real fabric its GID/LID, exchanged out of band)."""
+    def endpoint(self) -> QPEndpoint:
+        """This QP's connection data, for the peer's :meth:`to_rtr`."""
+
+    @abc.abstractmethod
+    def to_rtr(self, remote: QPEndpoint) -> None:
+        """Ready to receive, connected to the peer QP (its number, PSN, LID
+        and GID, exchanged out of band)."""
 
     @abc.abstractmethod
     def to_rts(self) -> None: ...
@@ -232,7 +298,9 @@ class VerbsContext(abc.ABC):
     def create_cq(self, depth: int) -> CompletionQueue: ...
 
     @abc.abstractmethod
-    def create_qp(self, cq: CompletionQueue, max_send_wr: int, max_recv_wr: int) -> QueuePair: ...
+    def create_qp(self, cq: CompletionQueue, max_send_wr: int, max_recv_wr: int, max_inline: int = 0) -> QueuePair:
+        """An RC QP in RESET, both queues on ``cq``, every send WR signaled;
+        SENDs up to ``max_inline`` bytes may be posted inline."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the device."""
@@ -260,20 +328,19 @@ def list_verbs_devices(wanted: str = "") -> list[str]:
     return [d.name.decode() if isinstance(d.name, bytes) else str(d.name) for d in devices]
 
 
-def open_verbs_device(name: str = "") -> VerbsContext:
-    """Open RDMA device ``name`` (``""``: the first) through pyverbs.
+def open_verbs_device(name: str = "", port: int = 1, gid_index: int = 0) -> VerbsContext:
+    """Open RDMA device ``name`` (``""``: the first) through pyverbs, on
+    ``port`` with GID ``gid_index`` (:class:`msgr_rdma._pyverbs.PvContext`).
 
-    :raises NoRdmaDevice: no such device, or no RDMA support at all, with
-        how to set up Soft-RoCE.
+    :raises NoRdmaDevice: no such device, no RDMA support at all (with how
+        to set up Soft-RoCE), or its port is not active.
+    :raises VerbsError: the device refused something else (named).
     """
     names = list_verbs_devices(name)
     if not names:
         raise NoRdmaDevice(name, "the device list is empty")
     if name and name not in names:
         raise NoRdmaDevice(name, f"not among the devices present ({', '.join(names)})")
-    # A device exists: the pyverbs data path (rdmacm connection setup, QPs,
-    # CQ on the event loop) is not written yet; say so instead of guessing.
-    raise NotImplementedError(
-        f"RDMA device {name or names[0]!r} found, but the pyverbs data path of msgr-rdma is not "
-        "implemented yet (see plugins/msgr-rdma/README.md)"
-    )
+    from ._pyverbs import PvContext
+
+    return PvContext(name or names[0], port, gid_index)

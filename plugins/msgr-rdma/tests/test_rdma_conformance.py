@@ -1,7 +1,8 @@
-"""The transport conformance kit over the emulated verbs backend
-(``[rdma] backend = "emulated"``): the whole protocol — credits, receive
-buffer pool, fragmentation, rendezvous, close and break handling — runs
-for real over the strict emulation."""
+"""The transport conformance kit over the emulated verbs backends
+(``[rdma] backend = "emulated"`` and ``"emulated-ipc"``): the whole
+protocol -- credits, receive buffer pool, fragmentation, rendezvous, close
+and break handling -- runs for real over the strict emulation, in-process
+and with the verbs carried over a socket between two emulated NICs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import struct
 
 import pytest
 from msgr_rdma import RdmaTransport
-from msgr_rdma._transport import accept_emulated
+from msgr_rdma._oob import KIND_EMU_IPC, ConnInfo
+from msgr_rdma._transport import accept_emulated, dial, parse_address
 from msgr_rdma.emulation import EmuFabric
 from msgr_rdma.verbs import Access, QPState
 
@@ -84,27 +86,77 @@ def emulated_harness(**settings: object) -> TransportHarness:
     )
 
 
-class _EmulatedKit(TransportTests):
-    """The kit, with its messenger check replaced (see below)."""
-
-    def test_messenger_roundtrip(self, transport_harness: TransportHarness) -> None:
-        pytest.skip(
-            "the kit's messenger check builds its config without the harness's transport settings, "
-            "so it would use the default verbs backend; test_rdma_messenger.py runs it with "
-            '[rdma] backend = "emulated"'
-        )
-
-
-class TestRdmaEmulatedConformance(_EmulatedKit):
+class TestRdmaEmulatedConformance(TransportTests):
     @pytest.fixture
     def transport_harness(self) -> TransportHarness:
         return emulated_harness()
 
 
-class TestRdmaEmulatedSmallBuffersConformance(_EmulatedKit):
+class TestRdmaEmulatedSmallBuffersConformance(TransportTests):
     """Few, small receive buffers: most frames are fragmented, credits run
     out constantly, and rendezvous starts at 4 KiB."""
 
     @pytest.fixture
     def transport_harness(self) -> TransportHarness:
         return emulated_harness(buffer_size=1024, recv_count=8, rendezvous_threshold=4096, max_reads=2)
+
+
+async def ipc_inject_raw(address: str, data: bytes) -> None:
+    """Like :func:`emulated_inject_raw` over ``emulated-ipc``: a raw QP on a
+    NIC of its own dials the listener through the TCP setup exchange, SENDs
+    ``data`` over the wire, and returns once the listener dropped it."""
+    host, port = parse_address(address, listen=False)
+    ctx = EmuFabric().open("raw")
+    cq = ctx.create_cq(64)
+    qp = ctx.create_qp(cq, 8, 16)
+    mr = ctx.reg_mr(16 * 4096 + len(data), Access.LOCAL_WRITE)
+    qp.to_init()
+    for i in range(16):
+        qp.post_recv(i, mr, i * 4096, 4096)
+    loop = asyncio.get_running_loop()
+    woke = asyncio.Event()
+    loop.add_reader(cq.fileno(), woke.set)
+    try:
+        async with asyncio.timeout(10):
+            await dial(host, port, qp, ConnInfo(KIND_EMU_IPC, qp.endpoint(), 16, 4096))
+            mr.view[16 * 4096 :] = data
+            qp.post_send(99, mr, 16 * 4096, len(data))
+            while qp.state != QPState.ERR:
+                cq.req_notify()
+                await woke.wait()
+                woke.clear()
+                cq.ack_events()
+                cq.poll(64)
+    finally:
+        loop.remove_reader(cq.fileno())
+        qp.destroy()
+        cq.close()
+        mr.dereg()
+
+
+def ipc_harness(**settings: object) -> TransportHarness:
+    options = kit_options(settings={"backend": "emulated-ipc", **settings})
+    return TransportHarness(
+        RdmaTransport,
+        "rdma://127.0.0.1:0",
+        options=options,
+        timeout=30.0,
+        inject_raw=ipc_inject_raw,
+        malformed_inputs=rdma_malformed_inputs,
+    )
+
+
+class TestRdmaEmulatedIpcConformance(TransportTests):
+    """The kit over ``emulated-ipc``: every link's verbs cross a real TCP
+    socket between two emulated NICs (each transport has its own MR table),
+    exactly as between two processes -- the kit keeps both ends in one."""
+
+    @pytest.fixture
+    def transport_harness(self) -> TransportHarness:
+        return ipc_harness()
+
+
+class TestRdmaEmulatedIpcSmallBuffersConformance(TransportTests):
+    @pytest.fixture
+    def transport_harness(self) -> TransportHarness:
+        return ipc_harness(buffer_size=1024, recv_count=8, rendezvous_threshold=4096, max_reads=2)

@@ -1,4 +1,4 @@
-"""msgr transport over asyncio streams: TCP (IPv4 and IPv6) and unix sockets.
+"""msgr transport over asyncio streams: TCP (IPv4 and IPv6), mutual TLS, and unix sockets.
 
 Features
 ========
@@ -41,8 +41,15 @@ Address format
     (it refuses a live one with ``EADDRINUSE``) and ``Listener.aclose``
     removes the file again.
 
-Both schemes are served by :class:`TcpTransport` (``tls://`` will join
-them, as a subclass).
+``tls://HOST:PORT``
+    Like ``tcp://``, with mutual TLS (:class:`TlsTransport`, a subclass).
+    The name a dialler expects in the listener's certificate is
+    ``tls.server_name`` when set, else ``HOST`` as written in the address
+    (an IP address is matched against the certificate's IP SANs, a name
+    against its DNS SANs; names are also sent as SNI).
+
+``tcp`` and ``unix`` are served by :class:`TcpTransport`, ``tls`` by
+:class:`TlsTransport`.
 
 Options
 =======
@@ -73,8 +80,49 @@ applies to ``unix://`` links):
     peer to close its side (the close is a lingering one, so that the peer
     reads every frame) before it aborts the link.
 
-Entry points: ``[project.entry-points."msgr.transports"]`` ``tcp`` and
-``unix``, both naming this module, which implements
+``tls://`` links have their own section, ``[tls]``: every key above
+except ``direct_send`` (TLS bytes never take the ``sendmsg`` path), and:
+
+``certfile`` (``""``)
+    PEM file with this node's certificate (and the chain up to, not
+    including, the CA).  Required to listen; used as the client certificate
+    when dialling.
+``keyfile`` (``""``)
+    PEM file with its private key (``""``: the key is in ``certfile``).
+``cafile`` (``""``)
+    PEM file with the CA certificate(s) peers' certificates must chain to
+    (``""``: the system trust store, which is rarely what a cluster wants).
+``require_client_cert`` (``true``)
+    listeners refuse clients without a certificate signed by ``cafile``
+    (mutual TLS).  ``false``: a client certificate is optional (verified
+    when sent).
+``check_hostname`` (``true``)
+    a dialler checks the listener's certificate names the host it dialled
+    (or ``server_name``).  ``false``: any certificate signed by ``cafile``
+    is accepted.
+``server_name`` (``""``)
+    the name to expect in listeners' certificates (and send as SNI)
+    instead of the address's host, e.g. one cluster-wide name.
+``minimum_version`` (``"TLSv1.3"``)
+    ``"TLSv1.3"`` or ``"TLSv1.2"``.
+``ciphers`` (``""``)
+    an OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's).
+``handshake_timeout`` (``10.0``)
+    seconds a TLS handshake may take (a listener drops a client that
+    connects and sends nothing; a dial also stays within ``connect_timeout``).
+
+Files are read when the transport is created (at messenger start for a
+listener): a missing, unreadable or malformed one is a
+:class:`~msgr_core.errors.ConfigError` naming the key.  A failed handshake
+ends that connection alone: the dialler's ``connect`` raises
+:class:`~msgr_core.errors.LinkClosed` with OpenSSL's reason (or the link
+ends with one, when TLS 1.3 refuses a client certificate after the
+client's side of the handshake), and the listener logs it at WARNING with
+the peer's address and counts it in ``TlsTransport.handshake_failures``.
+Details in :mod:`msgr_tcp._tls`.
+
+Entry points: ``[project.entry-points."msgr.transports"]`` ``tcp``,
+``unix`` and ``tls``, all naming this module, which implements
 ``msgr_register_transports``.
 """
 
@@ -84,14 +132,18 @@ import msgr_core
 from msgr_core.transport import Transport
 
 from ._link import StreamLink
+from ._tls import KitCertificates, TlsLink, TlsTransport
 from ._transport import StreamListener, TcpTransport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KitCertificates",
     "StreamLink",
     "StreamListener",
     "TcpTransport",
+    "TlsLink",
+    "TlsTransport",
     "__version__",
     "msgr_register_transports",
 ]
@@ -99,5 +151,6 @@ __all__ = [
 
 @msgr_core.hookimpl
 def msgr_register_transports() -> list[type[Transport]]:
-    """The transports this plugin provides: :class:`TcpTransport`."""
-    return [TcpTransport]
+    """The transports this plugin provides: :class:`TcpTransport` and
+    :class:`TlsTransport`."""
+    return [TcpTransport, TlsTransport]

@@ -199,6 +199,7 @@ class StreamLink(Link, asyncio.BufferedProtocol):
         self._pending: list[Buffer] = []
         self._pending_bytes = 0
         self._hot = False  # a flush is scheduled for the end of this loop iteration
+        self._write_now = False  # the first frame of an iteration is written at once
         self._closing = False
         self._lost = False
         self._lost_exc: BaseException | None = None
@@ -236,6 +237,7 @@ class StreamLink(Link, asyncio.BufferedProtocol):
             high=settings.high_watermark, low=settings.low_watermark
         )
         self._strategy, self._sock = self._choose_strategy(transport)
+        self._write_now = settings.allow_direct and self._strategy != _GENERIC
         self._pending.append(BANNER)
         self._pending_bytes = len(BANNER)
         self._hot = True  # the handshake's first frame joins the banner
@@ -349,8 +351,11 @@ class StreamLink(Link, asyncio.BufferedProtocol):
             self._hot = True
             self._loop.call_soon(self._cool)  # type: ignore[union-attr]
             # only when the transport cannot pass its high watermark (its
-            # pause_writing must not run inside send)
-            if self._transport.get_write_buffer_size() + self._pending_bytes <= self._high:
+            # pause_writing must not run inside send); not through TLS
+            # (allow_direct off): its peer's alerts must arrive as errors, which
+            # they do not when data races them
+            if self._write_now and (
+                    self._transport.get_write_buffer_size() + self._pending_bytes <= self._high):
                 self._flush()
 
     def send_many(self, frames: Sequence[Frame]) -> None:
@@ -443,6 +448,12 @@ class StreamLink(Link, asyncio.BufferedProtocol):
                 self._transport.resume_reading()
 
     # -- internals ------------------------------------------------------------
+
+    def _set_handler(self, handler: LinkHandler) -> None:
+        """Hand the link to ``handler`` (before ``connection_made``: a TLS
+        listener's link gets its handler only once TLS is up)."""
+        self._handler = handler
+        self._decoder.deliver_to(handler.frame_received)
 
     def _closed_error(self) -> LinkClosed:
         cause = self._lost_exc

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import stat
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote
 
 from msgr_core.errors import ConfigError, UnsupportedAddress
@@ -31,6 +31,13 @@ logger = logging.getLogger("msgr.tcp")
 _HAS_UNIX = hasattr(socket, "AF_UNIX")
 
 
+class _Server(Protocol):
+    """What a listener stops: an ``asyncio.Server``, or a transport's own
+    accept loop."""
+
+    def close(self) -> None: ...
+
+
 class StreamListener(Listener):
     """A listening socket served by an ``asyncio.Server``.
 
@@ -39,13 +46,13 @@ class StreamListener(Listener):
 
     def __init__(
         self,
-        server: asyncio.AbstractServer,
+        server: _Server,
         address: str,
         unix_path: str = "",
         unix_id: tuple[int, int] | None = None,
     ) -> None:
         self.address = address
-        self._server: asyncio.AbstractServer | None = server
+        self._server: _Server | None = server
         self._unix_path = unix_path
         self._unix_id = unix_id
 
@@ -81,8 +88,9 @@ class TcpTransport(Transport):
 
     One instance serves the scheme it was created for (and accepts
     addresses of any scheme in :attr:`schemes`).  Subclasses that wrap the
-    stream (a TLS transport) override :meth:`_server_ssl` /
-    :meth:`_client_ssl` and set :attr:`direct_send` to ``False``.
+    stream (:class:`~msgr_tcp.TlsTransport`) override :meth:`_serve`,
+    :meth:`_new_link` and :meth:`_start_link` and set :attr:`direct_send`
+    to ``False``.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("tcp", "unix") if _HAS_UNIX else ("tcp",)
@@ -127,7 +135,10 @@ class TcpTransport(Transport):
             if key not in merged:
                 raise ConfigError(f"{section}.{key}", value, f"one of {', '.join(sorted(merged))}")
             default = merged[key]
-            if isinstance(default, bool):
+            if isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{section}.{key}", value, "a string")
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigError(f"{section}.{key}", value, "true or false")
             elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
@@ -153,19 +164,47 @@ class TcpTransport(Transport):
                 receive_buffer=s["receive_buffer"],
                 direct_receive_threshold=s["direct_receive_threshold"],
                 close_timeout=s["close_timeout"],
-                allow_direct=self.direct_send and s["direct_send"],
+                allow_direct=self.direct_send and s.get("direct_send", False),
             )
         return ls
 
-    # -- TLS hooks (plain transport: none) -------------------------------------
+    # -- hooks for transports that wrap the stream (TLS) -------------------------
 
-    def _server_ssl(self) -> Any:
-        """The ``ssl.SSLContext`` for accepted links, or ``None``."""
-        return None
+    def _check_listen(self) -> None:
+        """Raise before binding if this transport cannot listen (a TLS
+        transport without a certificate)."""
 
-    def _client_ssl(self, host: str) -> Any:
-        """The ``ssl.SSLContext`` for a link to ``host``, or ``None``."""
-        return None
+    async def _serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handler_factory: HandlerFactory,
+        settings: LinkSettings,
+        backlog: int,
+    ) -> _Server:
+        """Accept links on the bound socket ``sock``; the result's
+        ``close()`` stops accepting (links already made stay up)."""
+
+        def make_link() -> StreamLink:
+            return self._new_link(handler_factory(), settings)
+
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            return await loop.create_unix_server(make_link, sock=sock, backlog=backlog)
+        return await loop.create_server(make_link, sock=sock, backlog=backlog)
+
+    def _new_link(self, handler: LinkHandler, settings: LinkSettings) -> StreamLink:
+        """The link object for one connection."""
+        return StreamLink(handler, settings)
+
+    async def _start_link(
+        self, loop: asyncio.AbstractEventLoop, link: StreamLink, sock: socket.socket, scheme: str, host: str
+    ) -> None:
+        """Run ``link`` over the connected socket ``sock`` (``link_made``
+        has run when this returns)."""
+        if scheme == "unix":
+            await loop.create_unix_connection(lambda: link, sock=sock)
+        else:
+            await loop.create_connection(lambda: link, sock=sock)
 
     # -- addresses -------------------------------------------------------------
 
@@ -202,16 +241,14 @@ class TcpTransport(Transport):
         settings = self._settings_for(scheme)
         backlog = self.settings["backlog"]
 
-        def make_link() -> StreamLink:
-            return StreamLink(handler_factory(), settings)
-
+        self._check_listen()
         unix_id: tuple[int, int] | None = None
         if scheme == "unix":
             sock = _bind_unix(path)
             try:
                 st = os.stat(path)
                 unix_id = (st.st_dev, st.st_ino)
-                server = await loop.create_unix_server(make_link, sock=sock, backlog=backlog, ssl=self._server_ssl())
+                server = await self._serve(loop, sock, handler_factory, settings, backlog)
             except BaseException:
                 sock.close()
                 _unlink_quietly(path)
@@ -219,7 +256,7 @@ class TcpTransport(Transport):
         else:
             sock = await _bind_inet(loop, host, port)
             try:
-                server = await loop.create_server(make_link, sock=sock, backlog=backlog, ssl=self._server_ssl())
+                server = await self._serve(loop, sock, handler_factory, settings, backlog)
             except BaseException:
                 sock.close()
                 raise
@@ -239,7 +276,7 @@ class TcpTransport(Transport):
         """
         scheme, host, port, path = self._parse(address, listen=False)
         loop = asyncio.get_running_loop()
-        link = StreamLink(handler, self._settings_for(scheme))
+        link = self._new_link(handler, self._settings_for(scheme))
         timeout = self.options.connect_timeout
         async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
             if scheme == "unix":
@@ -247,11 +284,7 @@ class TcpTransport(Transport):
             else:
                 sock = await _connect_inet(loop, host, port)
         try:
-            if scheme == "unix":
-                await loop.create_unix_connection(lambda: link, sock=sock, ssl=self._client_ssl(""))
-            else:
-                ctx = self._client_ssl(host)
-                await loop.create_connection(lambda: link, sock=sock, ssl=ctx, server_hostname=host if ctx else None)
+            await self._start_link(loop, link, sock, scheme, host)
         except BaseException:
             sock.close()
             raise

@@ -21,7 +21,8 @@ async def test_entry_points_name_the_module_with_the_hookimpl() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="msgr.transports")}
     assert eps["tcp"] == "msgr_tcp"
     assert eps["unix"] == "msgr_tcp"
-    assert msgr_tcp.msgr_register_transports() == [TcpTransport]
+    assert eps["tls"] == "msgr_tcp"
+    assert msgr_tcp.msgr_register_transports() == [TcpTransport, msgr_tcp.TlsTransport]
     assert TcpTransport.schemes == ("tcp", "unix")
     assert TcpTransport.distribution == "msgr-tcp"
     assert TcpTransport.config_section == "tcp"
@@ -31,6 +32,7 @@ async def test_the_registry_finds_the_transport_for_both_schemes() -> None:
     registry = pytest.importorskip("msgr_core.registry")
     assert registry.load_transport_class("tcp") is TcpTransport
     assert registry.load_transport_class("unix") is TcpTransport
+    assert registry.load_transport_class("tls") is msgr_tcp.TlsTransport
 
 
 async def test_settings_are_checked() -> None:

@@ -117,8 +117,13 @@ Config section ``[zmq]``:
     the listeners' public key: set, outgoing links use CURVE (with this
     node's keypair, or an ephemeral one).  With ``curve_server = true`` it
     defaults to this node's own public key (one keypair for the cluster).
+``curve_serverkeys`` (table, default empty)
+    per listen address, exactly as dialled (``"zmq+tcp://10.0.0.5:6800"``),
+    that listener's public key: links to it use CURVE with that key
+    (addresses not in the table fall back to ``curve_serverkey``).
 
-Keys come from ``zmq.curve_keypair()`` (``python -m zmq.curve_keygen``)::
+Keys come from ``zmq.curve_keypair()``; ``python -m msgr_zmq.keygen
+[--server]`` prints a ready ``[zmq]`` section (:mod:`msgr_zmq.keygen`)::
 
     [zmq]
     curve_server = true

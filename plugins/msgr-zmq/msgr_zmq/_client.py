@@ -63,7 +63,7 @@ class ZmqAuthenticationFailed(AuthenticationFailed, PermissionError):
 def _handshake_error(event: int, value: int, address: str, curve: bool) -> Exception:
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
         if curve:
-            how = "this side uses CURVE (zmq.curve_serverkey is set) and the listener does not"
+            how = "this side uses CURVE (zmq.curve_serverkey(s) set) and the listener does not"
         else:
             how = (
                 "the listener uses CURVE (zmq.curve_server = true there) and this side does "
@@ -74,7 +74,8 @@ def _handshake_error(event: int, value: int, address: str, curve: bool) -> Excep
         return ZmqAuthenticationFailed(f"the listener refused our CURVE key (ZAP status {value})", peer=address)
     if curve:
         return ZmqAuthenticationFailed(
-            "CURVE handshake failed: zmq.curve_serverkey does not match the listener's key "
+            "CURVE handshake failed: the server key configured for this address "
+            "(zmq.curve_serverkeys / zmq.curve_serverkey) does not match the listener's key "
             "(the public key of its zmq.curve_secretkey)",
             peer=address,
         )
@@ -103,6 +104,7 @@ class ZmqClientLink(ZmqLink):
         self._monitor: SocketMonitor | None = None
         self._connected: asyncio.Future[None] | None = None
         self._handshake_error: Exception | None = None
+        self._curve: tuple[bytes, bytes, bytes] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._service_handle: asyncio.Handle | None = None
         self._reading = True
@@ -125,8 +127,9 @@ class ZmqClientLink(ZmqLink):
             st.apply(sock, self._max + HEAD_SLACK, ipv6=ipv6, handshake_timeout=timeout)
             sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a new connection is a new link
             sock.setsockopt(zmq.CONNECT_TIMEOUT, max(1, int(timeout * 1000)))
-            if st.curve_client is not None:
-                public, secret, server = st.curve_client
+            self._curve = st.curve_for(self.peer_address)
+            if self._curve is not None:
+                public, secret, server = self._curve
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
                 sock.setsockopt(zmq.CURVE_SERVERKEY, server)
@@ -298,7 +301,7 @@ class ZmqClientLink(ZmqLink):
             self._conn_fd = value
             self.local_address = fd_address(value, self._scheme, peer=False)
         elif event & _HANDSHAKE_FAILED:
-            err = _handshake_error(event, value, self.peer_address, self._settings.curve_client is not None)
+            err = _handshake_error(event, value, self.peer_address, self._curve is not None)
             self._handshake_error = err
             if self._state == CONNECTING:
                 self._fail_connect(err)

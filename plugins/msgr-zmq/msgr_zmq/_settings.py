@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "curve_secretkey": "",
     "curve_publickey": "",
     "curve_serverkey": "",
+    "curve_serverkeys": {},
 }
 
 _POSITIVE_INTS = ("sndhwm", "rcvhwm", "copy_threshold")
@@ -61,6 +62,10 @@ class ZmqSettings:
         links, or ``None`` (no CURVE on connect).
     :ivar curve_server_secret: the secret key listeners use, or ``None``
         (no CURVE on listen).
+    :ivar curve_serverkeys: per listen address (as dialled), the listener's
+        public key: links to these addresses use CURVE with it.
+    :ivar curve_keypair: ``(publickey, secretkey)`` outgoing CURVE links
+        authenticate with (configured, or ephemeral), or ``None``.
     """
 
     sndhwm: int
@@ -74,6 +79,17 @@ class ZmqSettings:
     copy_threshold: int
     curve_server_secret: bytes | None
     curve_client: tuple[bytes, bytes, bytes] | None
+    curve_serverkeys: dict[str, bytes] = field(default_factory=dict)
+    curve_keypair: tuple[bytes, bytes] | None = None
+
+    def curve_for(self, address: str) -> tuple[bytes, bytes, bytes] | None:
+        """``(publickey, secretkey, serverkey)`` for a link to ``address``
+        (``curve_serverkeys[address]``, else ``curve_serverkey``), or
+        ``None``: no CURVE."""
+        key = self.curve_serverkeys.get(address)
+        if key is None or self.curve_keypair is None:
+            return self.curve_client
+        return (*self.curve_keypair, key)
 
     @classmethod
     def from_mapping(cls, given: dict[str, Any]) -> ZmqSettings:
@@ -108,7 +124,17 @@ class ZmqSettings:
                 merged["heartbeat_timeout"],
                 f"at least zmq.heartbeat_ivl ({merged['heartbeat_ivl']} s)",
             )
-        server_secret, client = cls._curve(merged)
+        serverkeys = merged["curve_serverkeys"]
+        if not isinstance(serverkeys, dict):
+            raise ConfigError(f"{SECTION}.curve_serverkeys", serverkeys, "a table of address = Z85 key")
+        keys: dict[str, bytes] = {}
+        for address, key in serverkeys.items():
+            if not isinstance(address, str) or not address.startswith(("zmq+tcp://", "zmq+ipc://")):
+                raise ConfigError(f"{SECTION}.curve_serverkeys", address, "zmq+tcp:// or zmq+ipc:// addresses as keys")
+            if not isinstance(key, str):
+                raise ConfigError(f"{SECTION}.curve_serverkeys.{address}", key, "a Z85 string")
+            keys[address] = _key(f"curve_serverkeys.{address}", key)
+        server_secret, client, keypair = cls._curve(merged, bool(keys))
         return cls(
             sndhwm=merged["sndhwm"],
             rcvhwm=merged["rcvhwm"],
@@ -121,14 +147,18 @@ class ZmqSettings:
             copy_threshold=merged["copy_threshold"],
             curve_server_secret=server_secret,
             curve_client=client,
+            curve_serverkeys=keys,
+            curve_keypair=keypair,
         )
 
     @staticmethod
-    def _curve(m: dict[str, Any]) -> tuple[bytes | None, tuple[bytes, bytes, bytes] | None]:
+    def _curve(
+        m: dict[str, Any], per_address: bool
+    ) -> tuple[bytes | None, tuple[bytes, bytes, bytes] | None, tuple[bytes, bytes] | None]:
         secret = _key("curve_secretkey", m["curve_secretkey"]) if m["curve_secretkey"] else None
         public = _key("curve_publickey", m["curve_publickey"]) if m["curve_publickey"] else None
         serverkey = _key("curve_serverkey", m["curve_serverkey"]) if m["curve_serverkey"] else None
-        wanted = m["curve_server"] or serverkey is not None
+        wanted = m["curve_server"] or serverkey is not None or per_address
         if not wanted:
             if secret is not None or public is not None:
                 raise ConfigError(
@@ -137,7 +167,7 @@ class ZmqSettings:
                     "empty unless CURVE is used (set zmq.curve_server = true to serve CURVE, "
                     "or zmq.curve_serverkey to connect with it)",
                 )
-            return None, None
+            return None, None, None
         if not zmq.has("curve"):
             raise ConfigError(
                 f"{SECTION}.curve_server" if m["curve_server"] else f"{SECTION}.curve_serverkey",
@@ -167,15 +197,10 @@ class ZmqSettings:
             if serverkey is None:
                 # one cluster keypair: every node serves and connects with it
                 serverkey = own_public
-        client = None
-        if serverkey is not None:
-            if secret is not None and own_public is not None:
-                client = (own_public, secret, serverkey)
-            else:
-                # no client keypair configured: an ephemeral one per transport
-                pub, sec = zmq.curve_keypair()
-                client = (pub, sec, serverkey)
-        return server_secret, client
+        # no client keypair configured: an ephemeral one per transport
+        keypair = (own_public, secret) if secret is not None and own_public is not None else zmq.curve_keypair()
+        client = (*keypair, serverkey) if serverkey is not None else None
+        return server_secret, client, keypair
 
     # -- applying them ------------------------------------------------------
 
