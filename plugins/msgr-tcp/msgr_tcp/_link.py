@@ -7,15 +7,20 @@ in between, and a sent frame is two list appends.
 
 Sending
     :meth:`StreamLink.send` appends the framing prefix and the caller's
-    buffers to a pending list and, for the first frame of a loop iteration,
-    schedules one flush (``loop.call_soon``).  The flush hands everything to
-    the medium at once, by one of three strategies chosen per connection:
+    buffers to a pending list.  The first frame of a loop iteration is
+    flushed at once (a request or a reply does not wait for the next
+    iteration) when that cannot take the transport over its high watermark,
+    and not on TLS links (``allow_direct`` off); it also schedules one flush
+    (``loop.call_soon``) for the frames that follow in the same iteration.
+    A flush hands everything to the medium at once, by one of three
+    strategies chosen per connection:
 
     ``direct``
         asyncio's own selector socket transport (the default loop, plain
         TCP / unix): while asyncio's write buffer is empty, the buffers go
         straight to the kernel with ``socket.sendmsg`` (scatter/gather, no
-        copy, one syscall per 1024 buffers).  Whatever the kernel does not
+        copy, one syscall per 1024 buffers; many small buffers, averaging
+        under 512 bytes, are joined into one first).  Whatever the kernel does not
         take is handed to the asyncio transport, large buffers one by one
         with ``write()`` (Python 3.11's ``writelines`` would join them into
         one copy; ``write`` also runs asyncio's watermark check, which 3.12's
