@@ -298,7 +298,10 @@ class _Bench:
 @pytest.mark.parametrize("scheme", ["loop", "tcp"])
 def test_handshake_state_machine_survives_hostile_frames(scheme: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="msgr")  # thousands of expected warnings
-    with asyncio.Runner() as runner:
+    # loop_factory: the runner then leaves the policy's current loop alone
+    # (a plain Runner() sets it to None on close, orphaning the loop that
+    # looptime's pytest hook made for this sync test: an unclosed-socket warning)
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
         bench = _Bench(scheme)
         runner.run(bench.start())
         try:

@@ -40,7 +40,8 @@ Features
   sending resumes when the socket is writable again.  libzmq's HWM counts
   messages, not bytes, so what it may hold is kept small: small frames
   travel in batches of at most 16 KiB, and a large frame counts in
-  ``write_buffer_size()`` until libzmq has sent it (a ``MessageTracker``).
+  ``write_buffer_size()`` until libzmq has sent it (pyzmq dropping its
+  reference to the frame wakes the loop; a ``MessageTracker`` confirms).
 - **Batched, and zero-copy for large buffers.**  Small frames queued in one
   loop iteration go out as one ZeroMQ message and come in with one
   receive (like TCP coalescing writes; per-message pyzmq calls cost more

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -108,6 +109,8 @@ class ZmqClientLink(ZmqLink):
         self._flush_handle: asyncio.Handle | None = None
         self._service_handle: asyncio.Handle | None = None
         self._reading = True
+        self._servicing = False  # in _service: it flushes what gets sent meanwhile
+        self._flush_after = False
         self._on_end = on_end
 
     # -- connecting -----------------------------------------------------------------
@@ -183,7 +186,9 @@ class ZmqClientLink(ZmqLink):
     # -- the socket on the loop ---------------------------------------------------------
 
     def _want_flush(self) -> None:
-        if self._flush_handle is None and self._sock is not None:
+        if self._servicing:
+            self._flush_after = True  # _service flushes before it returns
+        elif self._flush_handle is None and self._sock is not None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -215,7 +220,25 @@ class ZmqClientLink(ZmqLink):
     def _service(self) -> None:
         """The socket's FD fired (or more work remains): read what is
         readable, write what is writable, until libzmq has nothing for us —
-        its FD only signals *changes*, so stopping early would stall."""
+        its FD only signals *changes*, so stopping early would stall.  What
+        the handlers sent meanwhile (acks, replies) goes out before we
+        return, not one loop iteration later."""
+        self._flushing_after(self._service_io)
+
+    def _flushing_after(self, fn: Callable[[], None]) -> None:
+        outer = self._servicing
+        self._servicing = True
+        try:
+            fn()
+        finally:
+            self._servicing = outer
+        if self._flush_after and not outer:
+            self._flush_after = False
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+
+    def _service_io(self) -> None:
         for _ in range(4):
             s = self._sock
             if s is None:

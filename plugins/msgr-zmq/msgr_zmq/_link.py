@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,21 +36,23 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 _recv: Callable[..., Any] = zmq.backend.Socket.recv
 _get: Callable[..., Any] = zmq.backend.Socket.get
 
-NB = zmq.NOBLOCK
-NB_MORE = zmq.NOBLOCK | zmq.SNDMORE
-MORE = zmq.SNDMORE
-RCVMORE = zmq.RCVMORE
-EVENTS = zmq.EVENTS
-POLLIN = zmq.POLLIN
-POLLOUT = zmq.POLLOUT
+# Plain ints, not pyzmq's enums: ``ev & POLLIN`` on an IntFlag builds a
+# new enum member through Python code on every test.
+NB = int(zmq.NOBLOCK)
+NB_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+MORE = int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
 Again = zmq.Again
 ZMQError = zmq.ZMQError
 
 #: About how many frames one wakeup reads before yielding to the loop.
 READ_BUDGET = 512
-#: How often to look whether libzmq has sent a large frame (seconds).
-_REAP_FIRST = 0.0005
-_REAP_MAX = 0.001
+#: A safety net only: how often to look whether libzmq has sent a large
+#: frame (seconds) in case its release notification does not come.
+_REAP_FALLBACK = 0.1
 
 # link states
 CONNECTING = 0
@@ -197,11 +200,12 @@ class ZmqLink(Link):
         self._close_timer: asyncio.TimerHandle | None = None
         self._sock: zmq.Socket[Any] | None = None
         self._frame_received: Callable[[list[Buffer]], None] | None = None
-        # zero-copy frames handed to libzmq and not yet released by it
-        self._inflight: deque[tuple[zmq.MessageTracker, int]] = deque()
+        # zero-copy frames handed to libzmq and not yet released by it:
+        # (tracker, bytes, weakref to the view libzmq holds)
+        self._inflight: deque[tuple[zmq.MessageTracker, int, weakref.ref[memoryview]]] = deque()
         self._inflight_bytes = 0
         self._reap_timer: asyncio.TimerHandle | None = None
-        self._reap_delay = _REAP_FIRST
+        self._release_pending = False
 
     def __repr__(self) -> str:
         state = ("connecting", "open", "closing", "close-sent", "closed")[self._state]
@@ -367,15 +371,31 @@ class ZmqLink(Link):
         for i, b in enumerate(parts):
             flags = MORE if i < last else 0
             if i == tracked:
-                tracker = _send(s, b, flags, False, True)
-                self._inflight.append((tracker, size))
+                # A view of our own: once libzmq is done with the frame,
+                # pyzmq drops the last reference to it (in its garbage
+                # collector thread) and the weakref's callback wakes the
+                # loop -- no polling of the tracker.
+                view = memoryview(b)
+                ref = weakref.ref(view, self._released)
+                tracker = _send(s, view, flags, False, True)
+                del view
+                self._inflight.append((tracker, size, ref))
                 self._inflight_bytes += size
             else:
                 nb = b.nbytes if type(b) is memoryview else len(b)
                 _send(s, b, flags, nb < thr)
         if tracked >= 0 and self._reap_timer is None:
-            self._reap_delay = _REAP_FIRST
-            self._reap_timer = self._loop.call_later(self._reap_delay, self._reap_tick)
+            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_fallback)
+
+    def _released(self, _ref: object) -> None:
+        """libzmq let go of a zero-copy frame.  Called in whatever thread
+        dropped the view's last reference (pyzmq's garbage collector
+        thread, usually): only wakes the loop, once per burst."""
+        if self._release_pending:
+            return
+        self._release_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(self._reap_tick)
 
     def _reap(self) -> None:
         """Forget zero-copy frames libzmq is done with (sent)."""
@@ -384,12 +404,22 @@ class ZmqLink(Link):
             self._inflight_bytes -= inflight.popleft()[1]
 
     def _reap_tick(self) -> None:
+        self._release_pending = False  # before looking: a later release wakes us again
+        self._reap()
+        # what the session sends on resume_writing goes to libzmq now
+        self._flushing_after(self._check_watermarks)
+
+    def _flushing_after(self, fn: Callable[[], None]) -> None:
+        """Call ``fn``, then hand what it queued to libzmq at once
+        (instead of on the next loop iteration)."""
+        raise NotImplementedError
+
+    def _reap_fallback(self) -> None:
         self._reap_timer = None
         self._reap()
         self._check_watermarks()
         if self._inflight and self._state < CLOSED:
-            self._reap_delay = min(_REAP_MAX, self._reap_delay * 2)
-            self._reap_timer = self._loop.call_later(self._reap_delay, self._reap_tick)
+            self._reap_timer = self._loop.call_later(_REAP_FALLBACK, self._reap_fallback)
 
     def _send_final(self) -> bool:
         s = self._sock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -76,6 +77,9 @@ class ZmqServerLink(ZmqLink):
     def _want_flush(self) -> None:
         self._listener._want_flush(self)
 
+    def _flushing_after(self, fn: Callable[[], None]) -> None:
+        self._listener._flushing_after(fn)
+
     def pause_reading(self) -> None:
         """Stop reading.  The listener's links share one socket, so this
         stops reading it for all of them until every paused link resumes
@@ -143,6 +147,7 @@ class ZmqListener(Listener):
         self._service_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_FIRST
+        self._servicing = False  # in _service: it flushes what gets sent meanwhile
         self._accepting = True
         self._bound = ""
         self._ipc_path = ""
@@ -254,7 +259,7 @@ class ZmqListener(Listener):
 
     def _want_flush(self, link: ZmqServerLink) -> None:
         self._pending[link] = None
-        if self._flush_handle is None and self._sock is not None:
+        if self._flush_handle is None and self._sock is not None and not self._servicing:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -305,6 +310,24 @@ class ZmqListener(Listener):
         self._service()
 
     def _service(self) -> None:
+        """The socket's FD fired (or more work remains): read and write
+        until libzmq has nothing for us; then send what the handlers queued
+        meanwhile (acks, replies) at once, not one loop iteration later."""
+        self._flushing_after(self._service_io)
+
+    def _flushing_after(self, fn: Callable[[], None]) -> None:
+        outer = self._servicing
+        self._servicing = True
+        try:
+            fn()
+        finally:
+            self._servicing = outer
+        if self._pending and not outer:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+
+    def _service_io(self) -> None:
         for _ in range(4):
             s = self._sock
             if s is None:

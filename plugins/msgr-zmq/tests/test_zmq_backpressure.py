@@ -105,3 +105,27 @@ async def test_large_frames_count_until_libzmq_sent_them(make_transport, make_re
     assert await crec.wait_lost() is None
     with pytest.raises(LinkClosed):
         link.send([b"x"])
+
+
+async def test_libzmq_releasing_a_large_frame_wakes_the_link(
+    make_transport, make_rec, make_accepting, monkeypatch
+) -> None:
+    """The link learns that libzmq has sent a zero-copy frame from pyzmq
+    dropping its reference (a notification), not by polling: with the
+    safety-net poll pushed out to an hour, writing still resumes."""
+    import msgr_zmq._link as zlink
+
+    monkeypatch.setattr(zlink, "_REAP_FALLBACK", 3600.0)
+    accepting = make_accepting()
+    listener = await make_transport().listen("zmq+tcp://127.0.0.1:0", accepting)
+    crec = make_rec()
+    link = await make_transport().connect(listener.address, crec)
+    srec = await accepting.get(0)
+    big = bytes(4 * 1024 * 1024)
+    for _ in range(4):
+        link.send([b"h", big])
+    await crec.until(lambda: crec.pauses == 1)
+    await srec.wait_frames(4, guard=30.0)
+    await crec.until(lambda: crec.resumes == 1, guard=30.0)
+    assert link.write_buffer_size() == 0
+    assert all(f[1].nbytes == len(big) for f in srec.frames)
