@@ -516,14 +516,14 @@ class Connection:
         :raises FrameTooLarge: the message exceeds ``limits.max_frame_bytes``.
         :raises ConnectionReset: the session is closed.
         """
-        self._submit(m.MSG, verb, payload, attachments, priority, 0)
+        self._submit(_MSG, verb, payload, attachments, priority, 0)
 
     async def send(self, verb: str, payload: Any = b"", *, attachments: Sequence[Buffer] = (),
                    priority: int = Priority.NORMAL) -> None:
         """Send a oneway message, waiting while the session's queue is full."""
         while True:
             try:
-                self._submit(m.MSG, verb, payload, attachments, priority, 0)
+                self._submit(_MSG, verb, payload, attachments, priority, 0)
                 return
             except Backpressure:
                 await self._wait_for_space()

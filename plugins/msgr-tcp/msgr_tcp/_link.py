@@ -26,7 +26,10 @@ Sending
         one copy; ``write`` also runs asyncio's watermark check, which 3.12's
         ``writelines`` skips).
     ``writelines``
-        uvloop: its ``writelines`` is already scatter/gather with no copy.
+        uvloop: its ``writelines`` is already scatter/gather with no copy,
+        but it writes each buffer with a syscall of its own when the socket
+        is idle: small buffers (averaging under 512 bytes) go joined, with
+        one ``write``.
     ``generic``
         any other transport (TLS, other loops): ``writelines`` for runs of
         small buffers, ``write`` for large ones and for the last one.
@@ -524,7 +527,10 @@ class StreamLink(Link, asyncio.BufferedProtocol):
             return  # broken: connection_lost is on its way
         strategy = self._strategy
         if strategy == _WRITELINES:
-            tr.writelines(pending)
+            if len(pending) > 1 and nbytes < _JOIN_AVG * len(pending):
+                tr.write(b"".join(pending))  # small buffers: one write (uvloop writes each one)
+            else:
+                tr.writelines(pending)
         elif strategy == _DIRECT and not tr.get_write_buffer_size():
             if len(pending) > 3 and nbytes < _JOIN_AVG * len(pending):
                 # many small buffers: one copy into one buffer is cheaper for
