@@ -9,8 +9,9 @@ machine disturb it little).  Pieces:
   payload]`` frame; :class:`msgr_core.framing.StreamDecoder` splitting a
   stream of such frames (fed 64 KiB at a time, as reads deliver them); and
   the raw peer's ``u32`` framing (:mod:`benchmarks.framed`) doing the same;
-- header: packing the 7-field msgpack header with a reused packer, and
-  unpacking it;
+- header: packing the session header as msgr does (a fixed ``struct`` of
+  type, flags, priority, seq, ack, cid, then the verb's UTF-8: see
+  :mod:`msgr_core.message`) and unpacking it;
 - session over ``loop://`` (no sockets, no framing): ``Connection.send_nowait``
   alone (session + header + link enqueue), then delivering those messages
   (event loop, loopback link, session receive, dispatch, a counting handler).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import struct
 from collections.abc import Callable
 from time import thread_time
 from typing import Any
@@ -33,7 +35,9 @@ from .common import payload_of
 from .framed import U32, FrameReceiver
 
 SIZE = 64
-HEADER = (4, 123456, 654321, 0, 0, 0, "d")  # (type, seq, ack, flags, priority, cid, verb) as msgr packs it
+HEADER = (4, 0, 0, 123456, 654321, 0)  # (type, flags, priority, seq, ack, cid), then the verb
+VERB = b"d"
+HEADER_STRUCT = struct.Struct("!BBBQQQ")  # msgr_core.message's session header
 
 
 def _once(fn: Callable[[], int]) -> float:
@@ -70,13 +74,10 @@ def _feed(get_buffer: Callable[[int], memoryview], buffer_updated: Callable[[int
 
 
 def framing_and_header(n: int, repeat: int) -> list[tuple[str, float]]:
-    import msgpack
-
     from msgr_core import framing
 
     payload = payload_of(SIZE)
-    packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-    header = packer.pack(HEADER)
+    header = HEADER_STRUCT.pack(*HEADER) + VERB
     frame = [header, payload]
     limit = 64 * 1024 * 1024
     out: list[tuple[str, float]] = []
@@ -96,15 +97,19 @@ def framing_and_header(n: int, repeat: int) -> list[tuple[str, float]]:
         return n
 
     def pack_header() -> int:
-        pk = packer.pack
+        pk = HEADER_STRUCT.pack
+        h = HEADER
         for _ in range(n):
-            pk(HEADER)
+            pk(*h) + VERB
         return n
 
     def unpack_header() -> int:
-        ub = msgpack.unpackb
+        uf = HEADER_STRUCT.unpack_from
+        size = HEADER_STRUCT.size
+        verbs = {VERB: "d"}
         for _ in range(n):
-            ub(header, use_list=False)
+            uf(header)
+            verbs[header[size:]]
         return n
 
     msgr_stream = framing.BANNER + _stream([frame] * n, lambda f: framing.encode_prefix(f, limit))
@@ -135,10 +140,10 @@ def framing_and_header(n: int, repeat: int) -> list[tuple[str, float]]:
     out += _interleaved([
         ("raw framing: u32 prefix + batch append (send)", raw_enc),
         ("msgr framing: encode_prefix([header, payload]) (send)", enc),
-        ("msgr header: Packer.pack(7-tuple) (send)", pack_header),
+        ("msgr header: struct pack + verb (send)", pack_header),
         ("raw framing: FrameReceiver split, 1 segment (receive)", raw_decode),
         ("msgr framing: StreamDecoder split, 2 segments (receive)", decode),
-        ("msgr header: unpackb(header) (receive)", unpack_header),
+        ("msgr header: struct unpack + verb lookup (receive)", unpack_header),
     ], repeat)
     return out
 

@@ -69,7 +69,7 @@ def _attacker(pipe: Pipe, address: str) -> None:
     port = int(port_text)
 
     def frame(mtype: int, body: Any) -> bytes:
-        parts = [msgpack.packb([mtype, 0, 0, m.PACKED, 0, 0, ""]), msgpack.packb(body)]
+        parts = [m.pack_header(mtype, 0, 0, m.PACKED, 0, 0, ""), msgpack.packb(body)]
         return encode_prefix(parts, 1 << 20) + b"".join(parts)
 
     def hello() -> bytes:

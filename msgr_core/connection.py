@@ -52,6 +52,7 @@ import logging
 import math
 import random
 import secrets
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,21 @@ _OVERHEAD = 32
 _unpackb = msgpack.unpackb
 _packb = msgpack.packb
 
+_MSG = m.MSG
+_ACK = m.ACK
+_PACKED = m.PACKED
+
+# The session header (the first buffer of every frame): see msgr_core.message.
+_hdr_pack = m.HEADER.pack
+_hdr_unpack = m.HEADER.unpack_from
+_HDR_SIZE = m.HEADER.size
+_verb_bytes = m._verb_bytes
+_verb_str = m._verb_str
+_encode_verb = m.encode_verb
+_decode_verb = m.decode_verb
+_pack_header = m.pack_header
+_unpack_header = m.unpack_header
+
 # queue item: (mtype, flags, priority, cid, verb, body, attachments, size)
 _Item = tuple[int, int, int, int, str, Any, Sequence[Buffer], int]
 
@@ -119,10 +135,123 @@ def _frame_cost(frame: Sequence[Buffer]) -> int:
 
 def _item_of(frame: Sequence[Buffer]) -> _Item:
     """Rebuild a queue item from a sent frame (rare: to report it undeliverable)."""
-    mtype, _seq, _ack, flags, priority, cid, verb = _unpackb(frame[0], use_list=False)
+    mtype, _seq, _ack, flags, priority, cid, verb = _unpack_header(frame[0])
     body = frame[1]
     attachments = tuple(frame[2:])
     return (mtype, flags, priority, cid, verb, body, attachments, _frame_cost(frame) - _OVERHEAD)
+
+
+def _receive(port: _Port, frame: list[Buffer]) -> None:
+    """A frame from ``port``'s link, for the session that owns the port now
+    (``_Port.frame_received`` itself: the receive hot path, one call per
+    frame up to the handler)."""
+    s = port.session
+    if s is None:
+        return
+    s._rx += 1
+    if s._delayed is not None or (s._delay_p and s._rng.random() < s._delay_p):
+        s._delay_frame(port, frame)
+        return
+    try:
+        head = frame[0]
+        hlen = head.nbytes if type(head) is memoryview else len(head)
+        if hlen > s._max_header:
+            raise ProtocolError(f"header of {hlen} bytes over limits.max_header_bytes "
+                                f"= {s._max_header}")
+        mtype, flags, priority, seq, ack, cid = _hdr_unpack(head)
+        vb = head[_HDR_SIZE:]
+        if type(vb) is not bytes:
+            vb = bytes(vb)
+        verb = _verb_str.get(vb)
+        if verb is None:
+            verb = _decode_verb(vb)
+        if len(frame) < 2:
+            raise ProtocolError("message frame without a payload segment")
+        body = frame[1]
+        # Until a link completes its handshake (and authentication), only
+        # small handshake frames are read from it; nothing is dispatched.
+        handshaking = s.state != OPEN or port is not s._port
+        if handshaking and (len(frame) != 2 or _nbytes(body) > s._max_header):
+            raise ProtocolError(f"handshake frame over limits.max_header_bytes = {s._max_header}")
+        payload = _unpackb(body) if flags & _PACKED else body
+    except (ValueError, TypeError, struct.error, msgpack.UnpackException, ProtocolError) as exc:
+        s._protocol_error(port, exc if isinstance(exc, ProtocolError) else
+                          ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
+        return
+    if handshaking:
+        s._handshake_frame(port, mtype, payload)
+        return
+    if s._inject_n and s._rng.random() * s._inject_n < 1.0:
+        s._inject_failure()
+    if ack and s._unacked:
+        s._acked(ack)
+    if seq:
+        in_seq = s._in_seq
+        if seq != in_seq + 1:
+            if seq <= in_seq:
+                s.duplicates += 1
+                return
+            s._protocol_error(port, ProtocolError(
+                f"sequence gap: got {seq}, expected {in_seq + 1}"))
+            return
+        s._in_seq = seq
+        if s._lossless:
+            if seq - s._ack_sent >= s._ack_every or len(body) >= _ACK_NOW_BYTES:
+                # the first ack of a loop iteration goes at once, the others
+                # are folded into one at the end of it (a read of many frames
+                # costs two acks, not one per ack_every of them)
+                if not s._ack_soon:
+                    s._ack_soon = True
+                    s._loop.call_soon(s._ack_now)
+                    s._send_control(_ACK)
+            elif s._ack_timer is None:
+                s._ack_timer = s._loop.call_later(s._ack_delay, s._ack_due)
+        s.msgs_in += 1
+        if mtype == _MSG and not s._blackhole:
+            # _dispatch_oneway, inlined
+            s.bytes_in += len(body) if type(body) is not memoryview else body.nbytes
+            handler = s._ms._oneway_handlers.get(verb)
+            msg = Message(verb, payload, frame[2:], s, priority)
+            if handler is None:
+                s._unhandled(msg)
+                return
+            try:
+                result = handler(msg)
+            except Exception:
+                s.handler_errors += 1
+                log.exception("oneway handler for %r raised (message from %s)", verb, s._who())
+                return
+            if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
+                s._start_oneway(verb, result)
+            return
+        if s._blackhole:
+            return
+        if mtype == _MSG:
+            s.bytes_in += _nbytes(body)
+            s._dispatch_oneway(verb, payload, frame, priority)
+        elif mtype == m.REQ:
+            s.bytes_in += _nbytes(body)
+            s._dispatch_request(verb, payload, frame, priority, cid)
+        elif mtype == m.REP or mtype == m.ERR:
+            s._complete(mtype, cid, payload, frame)
+        else:
+            s._protocol_error(port, ProtocolError(f"unexpected sequenced message type {mtype}"))
+        return
+    if mtype == _ACK:
+        return
+    if mtype == m.OOB:
+        s._dispatch_oob(payload)
+    elif mtype == m.KEEPALIVE:
+        s._send_control(m.KEEPALIVE_ACK)
+    elif mtype == m.KEEPALIVE_ACK:
+        pass
+    elif mtype == m.GOODBYE:
+        s._goodbye()
+    elif mtype == m.HELLO or mtype == m.AUTH:
+        # the peer dialled again while we thought this link was fine
+        s._handshake_frame(port, mtype, payload)
+    else:
+        s._protocol_error(port, ProtocolError(f"unexpected message type {mtype} on an open session"))
 
 
 class _Port:
@@ -150,14 +279,12 @@ class _Port:
             link.limit_frames(2 * self.session._max_header)  # header + body
             self.session._link_made(self)
 
-    def frame_received(self, frame: list[Buffer]) -> None:
-        s = self.session
-        if s is not None:
-            s._frame(self, frame)
+    frame_received = _receive
 
     def pause_writing(self) -> None:
         if self.session is not None and self.session._port is self:
             self.session._paused = True
+            self.session._credit = 0
 
     def resume_writing(self) -> None:
         if self.session is not None and self.session._port is self:
@@ -236,6 +363,7 @@ class Connection:
         self._max_frame: int = lim["max_frame_bytes"]
         self._max_header: int = lim["max_header_bytes"]
         self._max_queued: int = lim["max_queued_bytes"]
+        self._request_timeout: float = lim["request_timeout"]
         self._max_inflight: int = lim["max_requests_in_flight"]
         self._high: int = lim["high_watermark"]
         self._ack_every: int = ses["ack_every"]
@@ -260,6 +388,7 @@ class Connection:
             collections.deque(), collections.deque(), collections.deque())
         self._queued_bytes = 0
         self._paused = False
+        self._credit = 0  # bytes the link takes before write_buffer_size() is asked again
         self._window_full = False
         self._recheck: asyncio.TimerHandle | asyncio.Handle | None = None
         self._space_waiters: list[asyncio.Future[None]] = []
@@ -275,8 +404,15 @@ class Connection:
         self._in_seq = 0
         self._ack_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_soon = False  # an ack is scheduled for the end of this loop iteration
         self._unacked: collections.deque[Sequence[Buffer]] = collections.deque()
-        self._unacked_bytes = 0
+        # window accounting without a per-frame size at ack time: the running
+        # total of what was put in the window, that total after each frame in
+        # it, and after the last frame acknowledged (bytes in the window =
+        # _window_total - _acked_total)
+        self._window_total = 0
+        self._acked_total = 0
+        self._unacked_totals: collections.deque[int] = collections.deque()
         # a resume's replay, fed to the link like the queues (under its
         # watermark), before anything new: frames, and the seq of the first
         self._replay_frames: list[Sequence[Buffer]] | None = None
@@ -368,7 +504,7 @@ class Connection:
             "queued_msgs": sum(len(q) for q in self._queues),
             "queued_bytes": self._queued_bytes,
             "unacked_msgs": len(self._unacked),
-            "unacked_bytes": self._unacked_bytes,
+            "unacked_bytes": self._window_total - self._acked_total,
             "link_buffered_bytes": self._link.write_buffer_size() if self._link else 0,
         }
 
@@ -383,14 +519,14 @@ class Connection:
         :raises FrameTooLarge: the message exceeds ``limits.max_frame_bytes``.
         :raises ConnectionReset: the session is closed.
         """
-        self._submit(m.MSG, verb, payload, attachments, priority, 0)
+        self._submit(_MSG, verb, payload, attachments, priority, 0)
 
     async def send(self, verb: str, payload: Any = b"", *, attachments: Sequence[Buffer] = (),
                    priority: int = Priority.NORMAL) -> None:
         """Send a oneway message, waiting while the session's queue is full."""
         while True:
             try:
-                self._submit(m.MSG, verb, payload, attachments, priority, 0)
+                self._submit(_MSG, verb, payload, attachments, priority, 0)
                 return
             except Backpressure:
                 await self._wait_for_space()
@@ -415,7 +551,7 @@ class Connection:
         self._next_cid = cid + 1
         fut: asyncio.Future[Message] = self._loop.create_future()
         if timeout is None:
-            timeout = self._ms.config["limits"]["request_timeout"]
+            timeout = self._request_timeout
         # One timer per connection, at the earliest deadline (not one per
         # request): most requests are answered long before it fires.
         deadline = self._loop.time() + timeout if timeout else math.inf
@@ -494,7 +630,7 @@ class Connection:
         link = self._link
         if self.state != OPEN or link is None:
             return False
-        header = self._ms._packer.pack((m.OOB, 0, self._in_seq, m.PACKED, Priority.OOB, 0, ""))
+        header = _pack_header(m.OOB, 0, self._in_seq, m.PACKED, Priority.OOB, 0, "")
         try:
             link.send((header, _packb(payloads)))
         except LinkClosed:
@@ -510,6 +646,10 @@ class Connection:
 
     def _submit(self, mtype: int, verb: str, payload: Any, attachments: Sequence[Buffer],
                 priority: int, cid: int) -> None:
+        # The hot path.  While the session is open with nothing queued, the
+        # message goes to the link at once (no queue item); the link's
+        # write_buffer_size() is asked only when the byte credit it gave last
+        # time is used up (sends only add to it; flushes only take away).
         tp = type(payload)
         if tp is bytes or tp is bytearray:
             body = payload
@@ -528,45 +668,87 @@ class Connection:
                 size += _nbytes(a)
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame, peer=self._who())
-        state = self.state
-        if (state == OPEN and not self._paused and not self._window_full and not self._queued_bytes
-                and self._replay_frames is None):
-            link = self._link
-            if link is not None and link.write_buffer_size() < self._high:
-                self._transmit(mtype, flags, priority, cid, verb, body, attachments, size)
+        if not 0 <= priority <= 2:
+            priority = Priority.NORMAL
+        credit = self._credit
+        if credit <= 0:
+            credit = self._fresh_credit()
+        if credit > 0:
+            # The fast path: a positive credit means the session is open with
+            # nothing queued, not paused, window not full, no replay pending
+            # (whatever ends one of those zeroes the credit).
+            self._credit = credit - size - _OVERHEAD
+            seq = self._out_seq = self._out_seq + 1
+            ack = self._ack_sent = self._in_seq
+            vb = _verb_bytes.get(verb)
+            header = _hdr_pack(mtype, flags, priority, seq, ack, cid) + (
+                vb if vb is not None else _encode_verb(verb))
+            frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
+            if self._lossless:
+                unacked = self._unacked
+                unacked.append(frame)
+                total = self._window_total = self._window_total + size + _OVERHEAD
+                self._unacked_totals.append(total)
+                if total - self._acked_total > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
+                    self._window_full = True
+                    self._credit = 0
+            try:
+                self._link.send(frame)  # type: ignore[union-attr]  # credit > 0: there is a link
+            except LinkClosed:
+                if not self._lossless:
+                    self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)],
+                                        "link closed")
                 return
+            self.msgs_out += 1
+            self.bytes_out += size
+            if self._inject_n and self._rng.random() * self._inject_n < 1.0:
+                self._inject_failure()
+            return
+        state = self.state
         if state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
         if self._queued_bytes + size + _OVERHEAD > self._max_queued and self._queued_bytes:
             raise Backpressure(self._who(), self._queued_bytes, self._max_queued)
-        prio = priority if 0 <= priority <= 2 else Priority.NORMAL
-        self._queues[prio].append((mtype, flags, priority, cid, verb, body, attachments, size))
+        self._queues[priority].append((mtype, flags, priority, cid, verb, body, attachments, size))
         self._queued_bytes += size + _OVERHEAD
+        self._credit = 0
         if state == OPEN:
             if not self._paused and self._recheck is None:
                 self._recheck = self._loop.call_soon(self._pump)
         elif state == STANDBY:
             self._kick()
 
+    def _fresh_credit(self) -> int:
+        """Bytes _submit may hand to the link before asking again: > 0 only
+        while the fast path is open (see _submit)."""
+        link = self._link
+        if (self.state != OPEN or link is None or self._paused or self._window_full or self._queued_bytes
+                or self._replay_frames is not None):
+            self._credit = 0
+            return 0
+        return self._high - link.write_buffer_size()
+
     def _transmit(self, mtype: int, flags: int, priority: int, cid: int, verb: str,
                   body: Any, attachments: Sequence[Buffer], size: int) -> None:
-        # The hot path: one call per message, no tuple it does not need.
+        # A queued message leaves (from _pump); _submit has its own copy of this.
         link = self._link
         if link is None:
             self._undeliverable([(mtype, flags, priority, cid, verb, body, attachments, size)], "no link")
             return
         seq = self._out_seq = self._out_seq + 1
         ack = self._ack_sent = self._in_seq
-        header = self._ms._packer.pack((mtype, seq, ack, flags, priority, cid, verb))
-        frame: Sequence[Buffer] = [header, body, *attachments] if attachments else (header, body)
+        header = _pack_header(mtype, seq, ack, flags, priority, cid, verb)
+        frame: Sequence[Buffer] = (header, body, *attachments) if attachments else (header, body)
         if self._lossless:
             # the window holds frames in sequence order: the first one's
             # number is _out_seq - len(_unacked) + 1
             unacked = self._unacked
             unacked.append(frame)
-            self._unacked_bytes += size + _OVERHEAD
-            if self._unacked_bytes > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
+            total = self._window_total = self._window_total + size + _OVERHEAD
+            self._unacked_totals.append(total)
+            if total - self._acked_total > self._max_unacked_bytes or len(unacked) > self._max_unacked_msgs:
                 self._window_full = True
+                self._credit = 0
         try:
             link.send(frame)
         except LinkClosed:
@@ -596,7 +778,7 @@ class Connection:
         if link is None or link.is_closing():
             return
         flags = m.PACKED if body != b"" else 0
-        header = self._ms._packer.pack((mtype, 0, self._in_seq, flags, 0, cid, verb))
+        header = _pack_header(mtype, 0, self._in_seq, flags, 0, cid, verb)
         if mtype not in (m.HELLO, m.HELLO_OK):
             self._ack_sent = self._in_seq
         with contextlib.suppress(LinkClosed):
@@ -604,6 +786,7 @@ class Connection:
 
     def _pump(self) -> None:
         self._recheck = None
+        self._credit = 0  # the pump filled the link: ask it again
         link = self._link
         if self.state != OPEN or link is None:
             return
@@ -708,13 +891,20 @@ class Connection:
         n = ack - (self._out_seq - len(unacked))
         if n <= 0:
             return
-        freed = 0
+        n = min(n, len(unacked))
+        if n <= 0:
+            return
         popleft = unacked.popleft
-        for _ in range(min(n, len(unacked))):
-            frame = popleft()
-            freed += _frame_cost(frame)
-        self._unacked_bytes -= freed
-        if self._window_full and self._unacked_bytes <= self._max_unacked_bytes \
+        totals = self._unacked_totals
+        pop_total = totals.popleft
+        for _ in range(n - 1):
+            popleft()
+            pop_total()
+        popleft()
+        # what is left in the window: everything put in minus the running
+        # total after the last frame acknowledged
+        self._acked_total = pop_total()
+        if self._window_full and self._window_total - self._acked_total <= self._max_unacked_bytes \
                 and len(unacked) <= self._max_unacked_msgs:
             self._window_full = False
             if self._queued_bytes and self._recheck is None and self.state == OPEN:
@@ -725,6 +915,11 @@ class Connection:
     def _send_ack_soon(self) -> None:
         if self._ack_timer is None and self.state == OPEN:
             self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
+
+    def _ack_now(self) -> None:
+        self._ack_soon = False
+        if self._in_seq > self._ack_sent and self.state == OPEN:
+            self._send_control(m.ACK)
 
     def _ack_due(self) -> None:
         self._ack_timer = None
@@ -754,6 +949,7 @@ class Connection:
             return  # an outgoing attempt's link; its task sees the failure
         self._port = None
         self._link = None
+        self._credit = 0
         self._paused = False
         self._replay_frames = None
         if self._timer is not None:
@@ -787,82 +983,7 @@ class Connection:
         self._kick()
 
     def _frame(self, port: _Port, frame: list[Buffer]) -> None:
-        self._rx += 1
-        if self._delayed is not None or (self._delay_p and self._rng.random() < self._delay_p):
-            self._delay_frame(port, frame)
-            return
-        # Until a link completes its handshake (and authentication), only
-        # small handshake frames are read from it; nothing is dispatched.
-        handshaking = self.state != OPEN or port is not self._port
-        try:
-            head = frame[0]
-            if _nbytes(head) > self._max_header:
-                raise ProtocolError(f"header of {_nbytes(head)} bytes over limits.max_header_bytes "
-                                    f"= {self._max_header}")
-            mtype, seq, ack, flags, priority, cid, verb = _unpackb(head, use_list=False)
-            if not (type(seq) is int and type(ack) is int and type(flags) is int and type(cid) is int
-                    and type(mtype) is int and type(priority) is int and type(verb) is str):
-                raise ProtocolError("malformed message header (field types)")
-            if len(frame) < 2:
-                raise ProtocolError("message frame without a payload segment")
-            body = frame[1]
-            if handshaking and (len(frame) != 2 or _nbytes(body) > self._max_header):
-                raise ProtocolError(f"handshake frame over limits.max_header_bytes = {self._max_header}")
-            payload = _unpackb(body) if flags & m.PACKED else body
-        except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
-            self._protocol_error(port, exc if isinstance(exc, ProtocolError) else
-                                 ProtocolError(f"malformed message: {type(exc).__name__}: {exc}"))
-            return
-        if handshaking:
-            self._handshake_frame(port, mtype, payload)
-            return
-        if self._inject_n and self._rng.random() * self._inject_n < 1.0:
-            self._inject_failure()
-        if ack and self._unacked:
-            self._acked(ack)
-        if seq:
-            if seq != self._in_seq + 1:
-                if seq <= self._in_seq:
-                    self.duplicates += 1
-                    return
-                self._protocol_error(port, ProtocolError(
-                    f"sequence gap: got {seq}, expected {self._in_seq + 1}"))
-                return
-            self._in_seq = seq
-            if self._lossless:
-                if seq - self._ack_sent >= self._ack_every or len(body) >= _ACK_NOW_BYTES:
-                    self._send_control(m.ACK)
-                elif self._ack_timer is None:
-                    self._ack_timer = self._loop.call_later(self._ack_delay, self._ack_due)
-            self.msgs_in += 1
-            if self._blackhole:
-                return
-            if mtype == m.MSG:
-                self.bytes_in += _nbytes(body)
-                self._dispatch_oneway(verb, payload, frame, priority)
-            elif mtype == m.REQ:
-                self.bytes_in += _nbytes(body)
-                self._dispatch_request(verb, payload, frame, priority, cid)
-            elif mtype == m.REP or mtype == m.ERR:
-                self._complete(mtype, cid, payload, frame)
-            else:
-                self._protocol_error(port, ProtocolError(f"unexpected sequenced message type {mtype}"))
-            return
-        if mtype == m.ACK:
-            return
-        if mtype == m.OOB:
-            self._dispatch_oob(payload)
-        elif mtype == m.KEEPALIVE:
-            self._send_control(m.KEEPALIVE_ACK)
-        elif mtype == m.KEEPALIVE_ACK:
-            pass
-        elif mtype == m.GOODBYE:
-            self._goodbye()
-        elif mtype == m.HELLO or mtype == m.AUTH:
-            # the peer dialled again while we thought this link was fine
-            self._handshake_frame(port, mtype, payload)
-        else:
-            self._protocol_error(port, ProtocolError(f"unexpected message type {mtype} on an open session"))
+        _receive(port, frame)
 
     def _delay_frame(self, port: _Port, frame: list[Buffer]) -> None:
         """[inject] delays: hold this frame (and, to keep order, every later
@@ -916,13 +1037,17 @@ class Connection:
             log.exception("oneway handler for %r raised (message from %s)", verb, self._who())
             return
         if result is not None and type(result) not in _PLAIN and inspect.isawaitable(result):
-            if self._inflight < self._max_inflight:
-                self._inflight += 1
-                self._ms._spawn(self._run_oneway(verb, result))
-            else:
-                # at most limits.max_requests_in_flight handler tasks per
-                # peer: later ones wait their turn, in order (no task yet)
-                self._waiting_oneway.append((verb, result))
+            self._start_oneway(verb, result)
+
+    def _start_oneway(self, verb: str, result: Awaitable[Any]) -> None:
+        """An async oneway handler's awaitable: run it as a task, or queue it."""
+        if self._inflight < self._max_inflight:
+            self._inflight += 1
+            self._ms._spawn(self._run_oneway(verb, result))
+        else:
+            # at most limits.max_requests_in_flight handler tasks per
+            # peer: later ones wait their turn, in order (no task yet)
+            self._waiting_oneway.append((verb, result))
 
     async def _run_oneway(self, verb: str, aw: Awaitable[Any]) -> None:
         try:
@@ -1126,6 +1251,7 @@ class Connection:
         if port is self._port:
             self._port = None
             self._link = None
+            self._credit = 0
             if self.state == ACCEPTING:
                 self.state = CLOSED
                 self._ms._forget(self)
@@ -1141,6 +1267,7 @@ class Connection:
         if port.link is not None:
             port.link.limit_frames(None)
         self._paused = False
+        self._credit = 0
         self.links += 1
         if self._timer is not None:
             self._timer.cancel()
@@ -1178,6 +1305,7 @@ class Connection:
         rest of the window again, in order, before anything new."""
         self._acked(peer_in_seq)
         if self._unacked and self._link is not None:
+            self._credit = 0
             self._replay_frames = list(self._unacked)
             self._replay_base = self._out_seq - len(self._unacked) + 1
             self._replay_next = 0
@@ -1308,6 +1436,7 @@ class Connection:
         self.close_reason = self.close_reason or reason
         port, self._port = self._port, None
         self._link = None
+        self._credit = 0
         if port is not None:
             port.orphan()
         if self._attempt is not None:
@@ -1330,7 +1459,8 @@ class Connection:
             lost.extend(q)
             q.clear()
         self._unacked.clear()
-        self._unacked_bytes = 0
+        self._unacked_totals.clear()
+        self._acked_total = self._window_total
         self._replay_frames = None
         self._queued_bytes = 0
         self._undeliverable(lost, reason)
@@ -1398,6 +1528,7 @@ class Connection:
             self._timer = None
         self._port = None
         self._link = None
+        self._credit = 0
         self.state = CLOSED
 
 

@@ -15,12 +15,17 @@ hands out :meth:`StreamDecoder.get_buffer` and reports
 reused receive buffer (cheaper than keeping views into it alive); a frame
 whose body is at least ``direct_threshold`` bytes is received straight into
 a buffer of its own, and its segments are delivered as views of it — no
-copy at all on the large-message path.
+copy at all on the large-message path.  That buffer is kept when the frame
+is done and reused for the next large frame of a similar size once nothing
+refers to it any more (the receiver dropped every view of it; CPython's
+reference count says so), which saves zero-filling and page-faulting a
+fresh buffer per message.  A view the receiver keeps is never overwritten.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Sequence
 
 from .errors import FrameTooLarge, ProtocolError
@@ -41,6 +46,13 @@ _U32 = struct.Struct("!I")
 _HEAD_SIZE = _HEAD.size
 _SEG2_SIZE = _SEG2.size
 _INITIAL_BUFFER = 4 * 1024
+_MAX_SPARE = 256 * 1024 * 1024
+# CPython: a reference count tells when a large frame's buffer is free to reuse
+_refcount: Callable[[object], int] | None = getattr(sys, "getrefcount", None)
+
+
+def _drop(frame: list[Buffer]) -> None:
+    pass
 
 
 def _nbytes(b: Buffer) -> int:
@@ -112,7 +124,11 @@ class StreamDecoder:
         self._big: bytearray | None = None
         self._big_view: memoryview | None = None
         self._big_filled = 0
+        self._big_total = 0
         self._big_lengths: list[int] = []
+        # the buffer of the last large frame, reused for the next one once
+        # nothing refers to it any more (no page faults, no zero-filling)
+        self._spare: bytearray | None = None
         self.bytes_received = 0
 
     @property
@@ -141,7 +157,7 @@ class StreamDecoder:
         self.bytes_received += nbytes
         if self._big is not None:
             self._big_filled += nbytes
-            if self._big_filled == len(self._big):
+            if self._big_filled == self._big_total:
                 self._finish_big()
             return
         self._end += nbytes
@@ -158,6 +174,15 @@ class StreamDecoder:
             target[:n] = mv[:n]
             mv = mv[n:]
             self.buffer_updated(n)
+
+    def deliver_to(self, on_frame: Callable[[list[Buffer]], None]) -> None:
+        """Call ``on_frame`` for the frames decoded from now on."""
+        self._on_frame = on_frame
+
+    def stop(self) -> None:
+        """Deliver no more frames (the stream is closing); bytes still fed
+        are parsed and dropped."""
+        self._on_frame = _drop
 
     @property
     def pending(self) -> int:
@@ -204,23 +229,28 @@ class StreamDecoder:
             self._start += len(BANNER)
             self._banner = False
         start, end = self._start, self._end
-        on_frame = self._on_frame
         unpack_head = _HEAD.unpack_from
         unpack_two = _SEG2.unpack_from
         limit = self._max
         try:
-            while end - start >= _HEAD_SIZE:
-                total, nseg = unpack_head(buf, start)
-                if nseg == 2 and total <= limit and end - start >= _SEG2_SIZE + total:
-                    # the common case (header + payload, whole frame present)
-                    _, _, a, b = unpack_two(buf, start)
-                    body = start + _SEG2_SIZE
-                    if a + b != total:
-                        raise ProtocolError(f"frame segment lengths sum to {a + b}, header says {total}")
-                    start = body + total
-                    self._start = start
-                    on_frame([view[body : body + a].tobytes(), view[body + a : start].tobytes()])
-                    continue
+            while True:
+                avail = end - start
+                if avail >= _SEG2_SIZE:
+                    total, nseg, a, b = unpack_two(buf, start)
+                    if nseg == 2 and total <= limit and avail >= _SEG2_SIZE + total:
+                        # the common case (header + payload, whole frame present)
+                        body = start + _SEG2_SIZE
+                        if a + b != total:
+                            raise ProtocolError(f"frame segment lengths sum to {a + b}, header says {total}")
+                        start = body + total
+                        self._start = start
+                        # looked up per frame: stop() may have been called by the last one
+                        self._on_frame([view[body : body + a].tobytes(), view[body + a : start].tobytes()])
+                        continue
+                elif avail < _HEAD_SIZE:
+                    break
+                else:
+                    total, nseg = unpack_head(buf, start)
                 if total > self._max:
                     raise FrameTooLarge(total, self._max)
                 if nseg == 0 or nseg > MAX_SEGMENTS:
@@ -245,14 +275,16 @@ class StreamDecoder:
                         pos += ln
                     start = pos
                     self._start = start
-                    on_frame(segs)
+                    self._on_frame(segs)
                     continue
                 if total >= self._direct_threshold:
-                    big = bytearray(total)
+                    big = self._big_buffer(total)
                     got = end - body
-                    big[:got] = view[body:end]
+                    big_view = memoryview(big)[:total]
+                    big_view[:got] = view[body:end]
                     self._big = big
-                    self._big_view = memoryview(big)
+                    self._big_view = big_view
+                    self._big_total = total
                     self._big_filled = got
                     self._big_lengths = list(lengths)
                     start = end = 0
@@ -262,6 +294,19 @@ class StreamDecoder:
                 start = end = 0
             self._start, self._end = start, end
 
+    def _big_buffer(self, total: int) -> bytearray:
+        """A buffer of at least ``total`` bytes for a large frame: the spare
+        when nothing else refers to it (the receiver dropped every view of
+        the frame it held) and its size fits, else a new one."""
+        spare = self._spare
+        if spare is not None:
+            self._spare = None
+            # references: ``spare`` and getrefcount's argument
+            if _refcount is not None and total <= len(spare) <= 2 * total and _refcount(spare) <= 2:
+                return spare
+            del spare
+        return bytearray(total)
+
     def _finish_big(self) -> None:
         big = self._big
         view = self._big_view
@@ -270,6 +315,8 @@ class StreamDecoder:
         self._big_filled = 0
         if big is None or view is None:
             return
+        if _refcount is not None and len(big) <= _MAX_SPARE:
+            self._spare = big
         segs: list[Buffer] = []
         pos = 0
         for ln in lengths:

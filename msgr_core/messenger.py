@@ -32,8 +32,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import msgpack
-
 from . import message as m
 from .auth import NONCE_BYTES, Authenticator, HandshakeAuth, check, proof
 from .config import Config, load_config
@@ -123,7 +121,6 @@ class Messenger:
         self.extensions: dict[str, Any] = {}
         self._handlers: dict[str, Handler] = {}
         self._oneway_handlers: dict[str, Handler] = {}
-        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._transport_objs: dict[str, Transport] = {}
         self._listeners: list[Listener] = []
         self._by_addr: dict[str, Connection] = {}

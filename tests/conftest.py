@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import entry_points
@@ -35,6 +36,27 @@ def scheme(request: pytest.FixtureRequest) -> str:
 
 
 MakeMessenger = Callable[..., Any]
+
+
+@pytest.fixture
+def watch_rejections() -> Callable[[Messenger], asyncio.Event]:
+    """``watch_rejections(ms)`` -> an event set each time ``ms`` counts a
+    rejected incoming link (``stats["rejected"]``).  Over a real network the
+    dialler may see an authentication failure before the listener has
+    counted it: with a wrong key the dialler detects it and hangs up."""
+
+    def watch(ms: Messenger) -> asyncio.Event:
+        event = asyncio.Event()
+        count = ms._count_rejected
+
+        def counting(reason: str) -> None:
+            count(reason)
+            event.set()
+
+        ms._count_rejected = counting  # type: ignore[method-assign]
+        return event
+
+    return watch
 
 #: Transports whose I/O completes inside the event loop's own polling, so
 #: looptime's virtual clock only jumps when the test is really idle.  libzmq

@@ -130,3 +130,20 @@ def test_buffer_starts_small_and_grows_under_load() -> None:
         dec.buffer_updated(n)
     assert out == frames
     assert max(sizes) == 256 * 1024
+
+
+def test_a_large_frame_buffer_is_reused_only_once_nothing_refers_to_it() -> None:
+    got: list[list[memoryview]] = []
+    dec = StreamDecoder(got.append, LIMIT, direct_threshold=1024)
+    first, second, third = (bytes([n]) * 100_000 for n in (1, 2, 3))
+    dec.feed(_wire([[b"h", first]]))
+    held = got.pop()
+    dec.feed(_wire([[b"h", second]])[len(BANNER):])
+    # the first frame is still referenced: the second got a buffer of its own
+    assert bytes(held[1]) == first
+    assert held[1].obj is not got[0][1].obj
+    buffer_id = id(got[0][1].obj)
+    got.clear()  # every view of the second frame dropped: its buffer is free
+    dec.feed(_wire([[b"h", third]])[len(BANNER):])
+    assert id(got[0][1].obj) == buffer_id
+    assert bytes(got[0][1]) == third and bytes(held[1]) == first

@@ -60,18 +60,22 @@ async def test_a_million_oneway_messages_and_100k_requests_between_processes(pee
 
 
 def _frame(header: object, payload: bytes = b"") -> bytes:
-    head = msgpack.packb(header)
+    if isinstance(header, tuple):  # (type, seq, ack, flags, priority, cid, verb): the session header
+        mtype, seq, ack, flags, priority, cid, verb = header
+        head = struct.pack("!BBBQQQ", mtype, flags, priority, seq, ack, cid) + verb.encode()
+    else:
+        head = msgpack.packb(header)
     return encode_prefix([head, payload], 1 << 30) + head + payload
 
 
-HELLO = {"v": 1, "name": "raw", "type": "node", "incarnation": 1, "features": [], "policy": "lossy_client",
+HELLO = {"v": 2, "name": "raw", "type": "node", "incarnation": 1, "features": [], "policy": "lossy_client",
          "mode": "lossy", "addrs": []}
 
 HOSTILE = {
     "garbage": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     "truncated frame": BANNER + struct.pack("!IHI", 100, 1, 100) + b"only part of it",
     "oversize frame": BANNER + struct.pack("!IHI", 2**31, 1, 2**31),
-    "bad msgpack header": BANNER + encode_prefix([b"\xc1\xc1\xc1", b""], 1 << 20) + b"\xc1\xc1\xc1",
+    "bad header": BANNER + encode_prefix([b"\xc1\xc1\xc1", b""], 1 << 20) + b"\xc1\xc1\xc1",
     "header not a message": BANNER + _frame("just a string"),
     "bad handshake": BANNER + _frame((1, 0, 0, 1, 0, 0, ""), msgpack.packb({"v": "one"})),
     "verb before handshake": BANNER + _frame((5, 1, 0, 0, 0, 1, "msgr.ping")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,16 @@ async def test_same_key_authenticates_both_ways(scheme: str, server: tuple[Messe
                          ids=["no key", "wrong key", "wrong named key"])
 async def test_unauthenticated_peer_cannot_call_a_verb(
         scheme: str, server: tuple[Messenger, list[Any]], auth: dict[str, Any],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, watch_rejections: Callable[[Messenger], asyncio.Event]) -> None:
     srv, calls = server
+    rejected = watch_rejections(srv)
     client = await _client(scheme, **auth)
     try:
         conn = client.get_connection(srv.addresses[0])
         oneway = conn.send_nowait("secret1", b"oneway")
         with pytest.raises(PeerAuthenticationFailed) as info:
             await client.send_message("secret", srv.addresses[0], b"let me in", timeout=10)
+        await asyncio.wait_for(rejected.wait(), 10)
         assert oneway is None
         exc = info.value
         assert isinstance(exc, PeerUnreachable) and isinstance(exc, AuthenticationFailed)
@@ -221,11 +223,11 @@ class RawPeer:
 
     def send(self, mtype: int, body: Any, *, seq: int = 0, cid: int = 0, verb: str = "") -> None:
         assert self.link is not None
-        self.link.send((msgpack.packb((mtype, seq, 0, m.PACKED, 0, cid, verb)), msgpack.packb(body)))
+        self.link.send((m.pack_header(mtype, seq, 0, m.PACKED, 0, cid, verb), msgpack.packb(body)))
 
     async def recv(self) -> tuple[int, Any]:
         frame = await asyncio.wait_for(self.frames.get(), 10)
-        head = msgpack.unpackb(frame[0])
+        head = m.unpack_header(frame[0])
         return head[0], msgpack.unpackb(frame[1]) if head[3] & m.PACKED else bytes(frame[1])
 
     async def closed(self) -> None:

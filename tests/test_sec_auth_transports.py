@@ -12,8 +12,9 @@ the settings its conformance kit uses (``Transport.test_settings``: for
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,14 @@ async def test_peer_with_the_key_calls_the_verb(
 
 @pytest.mark.parametrize("auth", [{}, {"cluster_key": OTHER}], ids=["no key", "wrong key"])
 async def test_peer_without_the_key_cannot_call_a_verb(
-        scheme: str, server: tuple[Messenger, list[Any], dict[str, Any]], auth: dict[str, Any]) -> None:
+        scheme: str, server: tuple[Messenger, list[Any], dict[str, Any]], auth: dict[str, Any],
+        watch_rejections: Callable[[Messenger], asyncio.Event]) -> None:
     srv, calls, sections = server
+    rejected = watch_rejections(srv)
     async with _client(scheme, sections, **auth) as client:
         with pytest.raises(PeerAuthenticationFailed, match="authentication failed"):
             await client.send_message("secret", srv.addresses[0], b"let me in", timeout=10)
+    await asyncio.wait_for(rejected.wait(), 10)
     assert calls == []
     assert srv.stats["rejected"] == {"auth_failed": 1}
     assert srv.connections == []

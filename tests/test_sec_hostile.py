@@ -39,7 +39,7 @@ SEED = 20261122
 
 
 def _frame(mtype: int, body: Any) -> bytes:
-    frame = [msgpack.packb([mtype, 0, 0, m.PACKED, 0, 0, ""]), msgpack.packb(body)]
+    frame = [m.pack_header(mtype, 0, 0, m.PACKED, 0, 0, ""), msgpack.packb(body)]
     return encode_prefix(frame, 1 << 20) + b"".join(frame)
 
 
@@ -121,7 +121,7 @@ class Hostile:
                 data = await asyncio.wait_for(reader.read(65536), 10)
                 assert data, "closed before the challenge"
                 dec.feed(data)
-            head = msgpack.unpackb(frames[0][0])
+            head = m.unpack_header(frames[0][0])
             assert head[0] == m.AUTH
             writer.write(_frame(m.AUTH, {"proof": os.urandom(32)}))
             await self._until_closed(reader, writer)

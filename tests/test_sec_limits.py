@@ -36,9 +36,9 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> None:
 async def test_slow_writer_is_dropped_at_the_deadline_from_accept() -> None:
     """One byte every 50 ms of a valid HELLO never resets the handshake clock."""
     server = _server(handshake_timeout=0.5)
-    hello = {"v": 1, "name": "slow", "type": "client", "incarnation": 1, "mode": "lossy",
+    hello = {"v": m.PROTOCOL_VERSION, "name": "slow", "type": "client", "incarnation": 1, "mode": "lossy",
              "policy": "lossy_client", "addrs": [], "sid": 1, "peer_sid": 0, "in_seq": 0}
-    frame = [msgpack.packb([m.HELLO, 0, 0, 1, 0, 0, ""]), msgpack.packb(hello)]
+    frame = [m.pack_header(m.HELLO, 0, 0, 1, 0, 0, ""), msgpack.packb(hello)]
     data = BANNER + encode_prefix(frame, 1 << 16) + b"".join(frame)
     async with server:
         reader, writer = await _open(server)

@@ -137,8 +137,7 @@ class TlsLink(StreamLink):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         factory, self._handler_factory = self._handler_factory, None
         if factory is not None:
-            self._handler = handler = factory()
-            self._frame_received = handler.frame_received
+            self._set_handler(factory())
         super().connection_made(transport)
 
     def close(self) -> None:
@@ -154,6 +153,7 @@ class TlsLink(StreamLink):
         if self._closing:
             return
         self._closing = True
+        self._decoder.stop()
         self._close_called = True
         self._flush()
         tr = self._transport
