@@ -513,6 +513,9 @@ def plot(rows: list[Row], path: str) -> None:
                 ax.plot(xs, ys, marker="." if sc == "steady" else "o", label=sc)
         ax.set_xlabel("broadcast (steady: cycle)")
         ax.set_ylabel(label)
+        if attr == "reliability":  # all at ~100 %: no offset notation, a readable range
+            ax.ticklabel_format(axis="y", useOffset=False)
+            ax.set_ylim(min(99.0, ax.get_ylim()[0]), 100.2)
         ax.set_title(f"stable and steady failures: {label}")
         ax.legend()
     sizes = ", ".join(str(n) for n in sorted({r.nodes for r in rows}))
