@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
@@ -71,8 +72,22 @@ def _blocked() -> set[str]:
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
 
 
-def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=group)}
+_EP_CACHE: dict[tuple[str, tuple[str, ...]], dict[str, metadata.EntryPoint]] = {}
+
+
+def _entry_points(group: str, *, fresh: bool = False) -> dict[str, metadata.EntryPoint]:
+    """The entry points of ``group`` by name.
+
+    Scanning the installed distributions costs tens of milliseconds, and
+    every :class:`~msgr_core.messenger.Messenger` loads its plugins: the scan
+    is kept per ``sys.path``.  ``fresh`` rescans (callers do when a name is
+    missing, so a plugin installed while the process runs is still found).
+    """
+    key = (group, tuple(sys.path))
+    eps = None if fresh else _EP_CACHE.get(key)
+    if eps is None:
+        eps = _EP_CACHE[key] = {ep.name: ep for ep in metadata.entry_points(group=group)}
+    return eps
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +119,7 @@ def installed_plugins(*, load: bool = False) -> list[PluginInfo]:
     blocked = _blocked()
     out = []
     for group in (TRANSPORT_GROUP, EXTENSION_GROUP):
-        for name, ep in sorted(_entry_points(group).items()):
+        for name, ep in sorted(_entry_points(group, fresh=True).items()):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             if name in blocked:
@@ -169,7 +184,11 @@ class PluginSet:
         :raises PluginNotInstalled: a name has no entry point, or is blocked.
         :raises PluginError: the plugin failed to import or register.
         """
+        if all(name in self.loaded for name in names):
+            return
         eps = _entry_points(group)
+        if any(name not in eps for name in names):
+            eps = _entry_points(group, fresh=True)
         blocked = _blocked()
         for name in names:
             if name in self.loaded:

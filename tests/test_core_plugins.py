@@ -85,3 +85,37 @@ def test_hook_tracing_by_env_var() -> None:
         {"MSGR_TRACE_HOOKS": "1"})
     assert out.returncode == 0, out.stderr
     assert "msgr.hooks" in out.stderr and "msgr_messenger_started" in out.stderr
+
+
+def test_entry_points_are_scanned_once_and_again_for_a_new_plugin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messengers share one scan of the installed distributions (it costs
+    tens of milliseconds each); a plugin installed while the process runs
+    is still found, by a rescan when a name is missing."""
+    import importlib
+    from importlib import metadata
+
+    from msgr_core import registry
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scans: list[str] = []
+    real = metadata.entry_points
+
+    def counting(**kw: str) -> object:
+        scans.append(kw["group"])
+        return real(**kw)
+
+    monkeypatch.setattr(registry.metadata, "entry_points", counting)
+    for _ in range(3):
+        PluginSet().load("msgr.transports", ["tcp"])
+    assert scans == ["msgr.transports"]
+
+    source = ("import msgr_core\nfrom msgr_loopback import LoopTransport\n"
+              "class Late(LoopTransport):\n    schemes = ('late',)\n"
+              "@msgr_core.hookimpl\ndef msgr_register_transports():\n    return [Late]\n")
+    _fake_distribution(tmp_path, "msgr_late", source, "late")
+    importlib.invalidate_caches()
+    plugins = PluginSet()
+    plugins.load("msgr.transports", ["late"])
+    assert "late" in plugins.loaded
+    assert scans == ["msgr.transports", "msgr.transports"]
