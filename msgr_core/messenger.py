@@ -573,6 +573,8 @@ class Messenger:
                          ("policy", str), ("addrs", list), ("sid", int), ("peer_sid", int), ("in_seq", int)):
             if not isinstance(hello.get(key), typ):
                 return f"handshake field {key!r} missing or not {typ.__name__}"
+        if len(hello["addrs"]) > 64 or not all(isinstance(a, str) and len(a) <= 1024 for a in hello["addrs"]):
+            return "handshake field 'addrs' not a list of at most 64 addresses"
         if not hello["name"] or len(hello["name"]) > 256:
             return "handshake field 'name' empty or over 256 characters"
         if hello["in_seq"] < 0:
@@ -712,7 +714,7 @@ class Messenger:
             tmp._refuse(port, "too many sessions (limits.max_sessions)")
             return
         self._accepted.discard(tmp)
-        session = self._by_name.get(name)
+        session = self._by_name.get(name) or self._dialling(name, hello["addrs"])
         if session is not None and (session.is_closed or session._lossless != (not policy.lossy)):
             session = None
         remote_reset = False
@@ -739,7 +741,9 @@ class Messenger:
             elif session.peer_sid and hello["sid"] != session.peer_sid:
                 session._reset(f"{name} started a new session", notify=True)
                 session = None
-        first = session is None
+        # first link of this session: a new one, or our own dial's session
+        # that the peer's link reached first (first contact, both dialling)
+        first = session is None or session.links == 0
         if session is None:
             session = tmp
             session._set_policy(policy)
@@ -756,7 +760,19 @@ class Messenger:
             self._fire("msgr_handle_remote_reset", conn=session)
         if first:
             self._attach_oob(session)
-            self._fire("msgr_handle_accept", conn=session)
+            self._fire("msgr_handle_connect" if session.outgoing else "msgr_handle_accept", conn=session)
+
+    def _dialling(self, name: str, addrs: list[str]) -> Connection | None:
+        """Our own session still dialling the peer that has just dialled us
+        (first contact, both at once): its name is not known to it yet, but
+        it dials one of the addresses the peer listens on.  Without this the
+        two would open two sessions, and the first reconnect would reset one
+        of them with what it had queued."""
+        for addr in addrs:
+            conn = self._by_addr.get(addr)
+            if conn is not None and not conn.is_closed and conn.outgoing and conn.peer_name in ("", name):
+                return conn
+        return None
 
     def _connected(self, conn: Connection, port: _Port, hello: Any) -> None:
         """Our HELLO was answered with HELLO_OK on ``port``."""

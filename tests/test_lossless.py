@@ -331,3 +331,61 @@ async def test_priority_classes_keep_their_own_order(make_messenger: MakeMesseng
     # queued before the handshake: every OOB-class message went first, then HIGH
     assert [p for p, _ in got[:100]] == [Priority.OOB] * 100
     assert [p for p, _ in got[100:200]] == [Priority.HIGH] * 100
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
+async def test_first_contact_race_makes_one_session_and_loses_nothing(make_messenger: MakeMessenger,
+                                                                      scheme: str) -> None:
+    """Two peers that never talked dial each other at the same moment, both
+    with messages queued, then their link breaks.  One session per side
+    (so the reconnect resumes it instead of resetting a twin with what it
+    had queued), every message once and in order, nothing undeliverable,
+    OOB traffic attached to the session either way."""
+    import msgr_loopback
+
+    a = await make_messenger("a")
+    b = await make_messenger("b")
+    if scheme == "loop":
+        msgr_loopback.get_network().set_delay(None, None, 0.01)  # both HELLOs are in flight at once
+    lost: list[Any] = []
+    opened: list[str] = []
+
+    class Watch(Dispatcher):
+        def handle_undeliverable(self, conn: Any, messages: list[tuple[str, Any]], reason: str) -> None:
+            lost.append((reason, len(messages)))
+
+        def handle_connect(self, conn: Any) -> None:
+            opened.append(conn.peer_name)
+
+        def handle_accept(self, conn: Any) -> None:
+            opened.append(conn.peer_name)
+
+    oob: list[str] = []
+    for ms in (a, b):
+        ms.add_dispatcher(Watch())
+        ms.register_oob_handler("race_ping", lambda conn, op, payload: oob.append(conn.peer_name))
+    sink_a, sink_b = Sink(a), Sink(b)
+    ab = a.get_connection(b.addresses[0])
+    ba = b.get_connection(a.addresses[0])
+    for conn in (ab, ba):
+        conn.register_oob_message("race_ping", lambda: "ping", interval=1.0)
+    for i in range(100):
+        ab.send_nowait("seq", seq(i))
+        ba.send_nowait("seq", seq(i))
+    await sink_b.wait_for(100)
+    await sink_a.wait_for(100)
+    assert len(a.connections) == 1 and len(b.connections) == 1
+    assert sorted(opened) == ["a", "b"]  # one session opened on each side
+    link = a.connections[0].link
+    assert link is not None
+    link.abort()
+    for i in range(100, 200):
+        a.get_connection(b.addresses[0]).send_nowait("seq", seq(i))
+        b.get_connection(a.addresses[0]).send_nowait("seq", seq(i))
+    await sink_b.wait_for(200)
+    await sink_a.wait_for(200)
+    assert lost == []
+    assert len(a.connections) == 1 and len(b.connections) == 1
+    await asyncio.sleep(3)
+    assert "a" in oob and "b" in oob  # each side's OOB payloads reach the other
