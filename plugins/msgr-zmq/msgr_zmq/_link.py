@@ -24,7 +24,21 @@ from msgr_core.errors import FrameTooLarge, LinkClosed, ProtocolError
 from msgr_core.transport import Buffer, Frame, Link, LinkHandler
 
 from ._settings import ZmqSettings, context
-from ._wire import BATCH_BYTES, C_ABORT, C_CLOSE, C_TOOBIG, PARTS, RAW, SMALL1, U64, QEntry, batch, entry, parts_lengths
+from ._wire import (
+    BATCH_BYTES,
+    C_ABORT,
+    C_CLOSE,
+    C_TOOBIG,
+    PARTS,
+    RAW,
+    SMALL1,
+    SMALLN,
+    U64,
+    QEntry,
+    batch,
+    entry,
+    parts_lengths,
+)
 
 __all__ = ["SocketMonitor", "ZmqLink"]
 
@@ -221,6 +235,19 @@ class ZmqLink(Link):
         """
         if self._state != OPEN:
             raise LinkClosed(f"link to {self.peer_address or '?'} is closed")
+        if len(frame) == 2:
+            # the common frame (header, small payload), queued without the
+            # general path's per-buffer work
+            a, b = frame
+            if type(a) is bytes and type(b) is bytes:
+                la = len(a)
+                lb = len(b)
+                size = la + lb
+                if size < self._thr and size <= self._peer_max and size <= self._max:
+                    self._queue.append(((a, b), size, SMALLN, (la, lb)))
+                    self._buffered += size
+                    self._want_flush()
+                    return
         self._enqueue(frame)
         self._want_flush()
 
