@@ -13,6 +13,7 @@ in ``benchmarks/``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import struct
@@ -82,6 +83,8 @@ class Hostile:
             pass
         self.closed_by_server += 1
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()  # gone before the test's loop closes
 
     async def random_bytes(self, rng: random.Random) -> None:
         reader, writer = await self._connect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -23,6 +24,14 @@ def _server(**limits: Any) -> Messenger:
 async def _open(ms: Messenger) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = ms.addresses[0][len("tcp://"):].rsplit(":", 1)
     return await asyncio.open_connection(host, int(port))
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a raw client and wait until its transport is gone (a transport
+    still closing when the test's loop closes warns later, in another test)."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 async def _closed_by_server(reader: asyncio.StreamReader) -> None:
@@ -53,7 +62,7 @@ async def test_slow_writer_is_dropped_at_the_deadline_from_accept() -> None:
             await asyncio.wait([closed], timeout=0.05)  # the attack's pace, not a wait for a result
         await closed
         elapsed = time.monotonic() - start
-        writer.close()
+        await _close(writer)
         assert sent < len(data)  # it never got to finish its HELLO
         assert 0.4 < elapsed < 2.0
         assert server.stats["rejected"] == {"handshake_timeout": 1}
@@ -67,11 +76,11 @@ async def test_pending_links_are_bounded() -> None:
             w.write(BANNER)
         extra_reader, extra_writer = await _open(server)
         await _closed_by_server(extra_reader)  # refused at once, not after the handshake timeout
-        extra_writer.close()
+        await _close(extra_writer)
         assert server.stats["rejected"] == {"max_pending": 1}
         assert len(server._accepted) == 3
         for _r, w in idle:
-            w.close()
+            await _close(w)
         # once they are gone, a real peer gets in
         client = Messenger.from_config({"messenger": {"name": "c", "transports": ["tcp"]}})
         async with client:
@@ -147,7 +156,7 @@ async def test_large_frame_before_the_handshake_is_refused_on_its_prefix(announc
         reader, writer = await _open(server)
         writer.write(BANNER + prefix + b"x" * 100)  # and then nothing: the body never comes
         await _closed_by_server(reader)  # well before the 60 s deadline (the read's guard is 10 s)
-        writer.close()
+        await _close(writer)
         assert server.stats["rejected"] == {"frame_too_large": 1}
 
 

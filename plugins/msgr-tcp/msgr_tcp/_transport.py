@@ -365,8 +365,23 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
+def _numeric_addrinfo(host: str, port: int) -> list[Any] | None:
+    """``getaddrinfo`` for an IP literal, resolved here and now (no DNS, so
+    it cannot block); ``None`` for a name."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                  flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return None
+
+
 async def _connect_inet(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    # IP literals (most cluster configs) skip the executor thread that
+    # loop.getaddrinfo uses: one thread hop less per dial, and dialling
+    # still works while the interpreter exits (an atexit stop that flushes
+    # a lossless session), when executors refuse new work.
+    infos = _numeric_addrinfo(host, port) or await loop.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     errors: list[OSError] = []
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
