@@ -25,7 +25,8 @@ from msgr_core import message as m
 from msgr_core.auth import NONCE_BYTES, generate_key
 from msgr_core.errors import FrameTooLarge, ProtocolError
 from msgr_core.framing import BANNER, MAX_SEGMENTS, StreamDecoder, encode_prefix
-from msgr_core.transport import Buffer, Link
+from msgr_core.testing import RecordingHandler
+from msgr_core.transport import Buffer
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FRAME = 4096
@@ -197,29 +198,6 @@ def _frames(draw: st.DrawFn) -> list[Buffer]:
     return [head, body, *extra]
 
 
-class _Peer:
-    def __init__(self) -> None:
-        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        self.link: Link | None = None
-        self.received: list[list[Buffer]] = []
-
-    def link_made(self, link: Link) -> None:
-        self.link = link
-
-    def frame_received(self, frame: list[Buffer]) -> None:
-        self.received.append(frame)
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def link_lost(self, exc: BaseException | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-
 class _Bench:
     """A server requiring authentication, a legitimate client with an open
     session to it, and a helper to dial raw links."""
@@ -265,7 +243,7 @@ class _Bench:
     async def attack(self, frames: list[list[Buffer]]) -> None:
         before_calls, before_rejections = self.calls, self.rejections
         self.rejected.clear()
-        peer = _Peer()
+        peer = RecordingHandler("hostile peer")
         await self.client._transport(self.scheme).connect(self.address, peer)
         assert peer.link is not None
         for frame in frames:
@@ -287,7 +265,7 @@ class _Bench:
         assert not self.loop_errors, self.loop_errors
         # the legitimate session is unaffected
         assert (await self.good.request("fuzz", b"still here", timeout=10)).payload == b"still here"
-        for frame in peer.received:  # nothing but handshake frames ever came back
+        for frame in peer.frames:  # nothing but handshake frames ever came back
             assert m.unpack_header(frame[0])[0] in (m.AUTH, m.REFUSE)
 
     async def stop(self) -> None:
