@@ -425,6 +425,11 @@ class StreamLink(Link, asyncio.BufferedProtocol):
         if tr.is_closing():
             return
         self.resume_reading()  # the lingering close reads until the peer's EOF
+        self._close_transport(tr)
+
+    def _close_transport(self, tr: Any) -> None:
+        """The end of :meth:`close`, once the frames are flushed: shut the
+        write side down and linger (subclasses close their own way)."""
         if tr.can_write_eof():
             tr.write_eof()
             self._linger = self._loop.call_later(  # type: ignore[union-attr]

@@ -140,26 +140,15 @@ class TlsLink(StreamLink):
             self._set_handler(factory())
         super().connection_made(transport)
 
-    def close(self) -> None:
-        """Flush what is queued, then close with a TLS ``close_notify``;
-        ``link_lost(None)`` follows.  Idempotent.
+    def _close_transport(self, tr: Any) -> None:
+        """The end of :meth:`close`: a TLS ``close_notify`` once every queued
+        byte has been encrypted and handed to the socket.
 
-        TLS has no half-close, so the stream is closed only once every
-        queued byte has been encrypted and handed to the socket: asyncio's
-        SSL transport (3.11) drops what is still waiting for encryption
-        when it is closed while the socket's buffer is full.  The wait is
-        bounded by ``close_timeout``, after which the link is aborted.
+        TLS has no half-close, and asyncio's SSL transport (3.11) drops what
+        is still waiting for encryption when it is closed while the
+        socket's buffer is full.  The wait is bounded by ``close_timeout``,
+        after which the link is aborted.
         """
-        if self._closing:
-            return
-        self._closing = True
-        self._decoder.stop()
-        self._close_called = True
-        self._flush()
-        tr = self._transport
-        if tr.is_closing():
-            return
-        self.resume_reading()
         self._linger = self._loop.call_later(  # type: ignore[union-attr]
             self._settings.close_timeout, self._linger_expired
         )
