@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from msgr_rdma import RdmaTransport
@@ -41,25 +43,24 @@ def rdma_malformed_inputs(max_frame_bytes: int) -> dict[str, bytes]:
     }
 
 
-async def emulated_inject_raw(address: str, data: bytes) -> None:
-    """Connect a raw emulated QP to the listener at ``address``, SEND
+async def _send_until_dropped(ctx: Any, data: bytes, connect: Callable[[Any], Awaitable[None]]) -> None:
+    """Make a raw QP on ``ctx``, ``connect(qp)`` it to a listener, SEND
     ``data`` as one message, and return once the listener dropped the QP
     (ours is moved to the error state: its receives flush)."""
-    ctx = EmuFabric.shared().open()
     cq = ctx.create_cq(64)
     qp = ctx.create_qp(cq, 8, 16)
     mr = ctx.reg_mr(16 * 4096 + len(data), Access.LOCAL_WRITE)
     qp.to_init()
     for i in range(16):
         qp.post_recv(i, mr, i * 4096, 4096)
-    accept_emulated(address, qp.qp_num, 16, 4096, qp)
-    mr.view[16 * 4096 :] = data
-    qp.post_send(99, mr, 16 * 4096, len(data))
     loop = asyncio.get_running_loop()
     woke = asyncio.Event()
     loop.add_reader(cq.fileno(), woke.set)
     try:
         async with asyncio.timeout(10):
+            await connect(qp)
+            mr.view[16 * 4096 :] = data
+            qp.post_send(99, mr, 16 * 4096, len(data))
             while qp.state != QPState.ERR:
                 # our completions (the send, then the flushed receives) wake us
                 cq.req_notify()
@@ -74,16 +75,30 @@ async def emulated_inject_raw(address: str, data: bytes) -> None:
         mr.dereg()
 
 
-def emulated_harness(**settings: object) -> TransportHarness:
-    options = kit_options(settings={"backend": "emulated", **settings})
+async def emulated_inject_raw(address: str, data: bytes) -> None:
+    """SEND ``data`` from a raw emulated QP accepted by the listener at
+    ``address`` (in-process fabric); return once the listener dropped it."""
+
+    async def connect(qp: Any) -> None:
+        accept_emulated(address, qp.qp_num, 16, 4096, qp)
+
+    await _send_until_dropped(EmuFabric.shared().open(), data, connect)
+
+
+def _harness(backend: str, inject_raw: Callable[[str, bytes], Awaitable[None]], **settings: object) -> TransportHarness:
+    options = kit_options(settings={"backend": backend, **settings})
     return TransportHarness(
         RdmaTransport,
         "rdma://127.0.0.1:0",
         options=options,
         timeout=30.0,
-        inject_raw=emulated_inject_raw,
+        inject_raw=inject_raw,
         malformed_inputs=rdma_malformed_inputs,
     )
+
+
+def emulated_harness(**settings: object) -> TransportHarness:
+    return _harness("emulated", emulated_inject_raw, **settings)
 
 
 class TestRdmaEmulatedConformance(TransportTests):
@@ -106,44 +121,15 @@ async def ipc_inject_raw(address: str, data: bytes) -> None:
     NIC of its own dials the listener through the TCP setup exchange, SENDs
     ``data`` over the wire, and returns once the listener dropped it."""
     host, port = parse_address(address, listen=False)
-    ctx = EmuFabric().open("raw")
-    cq = ctx.create_cq(64)
-    qp = ctx.create_qp(cq, 8, 16)
-    mr = ctx.reg_mr(16 * 4096 + len(data), Access.LOCAL_WRITE)
-    qp.to_init()
-    for i in range(16):
-        qp.post_recv(i, mr, i * 4096, 4096)
-    loop = asyncio.get_running_loop()
-    woke = asyncio.Event()
-    loop.add_reader(cq.fileno(), woke.set)
-    try:
-        async with asyncio.timeout(10):
-            await dial(host, port, qp, ConnInfo(KIND_EMU_IPC, qp.endpoint(), 16, 4096))
-            mr.view[16 * 4096 :] = data
-            qp.post_send(99, mr, 16 * 4096, len(data))
-            while qp.state != QPState.ERR:
-                cq.req_notify()
-                await woke.wait()
-                woke.clear()
-                cq.ack_events()
-                cq.poll(64)
-    finally:
-        loop.remove_reader(cq.fileno())
-        qp.destroy()
-        cq.close()
-        mr.dereg()
+
+    async def connect(qp: Any) -> None:
+        await dial(host, port, qp, ConnInfo(KIND_EMU_IPC, qp.endpoint(), 16, 4096))
+
+    await _send_until_dropped(EmuFabric().open("raw"), data, connect)
 
 
 def ipc_harness(**settings: object) -> TransportHarness:
-    options = kit_options(settings={"backend": "emulated-ipc", **settings})
-    return TransportHarness(
-        RdmaTransport,
-        "rdma://127.0.0.1:0",
-        options=options,
-        timeout=30.0,
-        inject_raw=ipc_inject_raw,
-        malformed_inputs=rdma_malformed_inputs,
-    )
+    return _harness("emulated-ipc", ipc_inject_raw, **settings)
 
 
 class TestRdmaEmulatedIpcConformance(TransportTests):
