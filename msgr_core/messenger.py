@@ -396,6 +396,15 @@ class Messenger:
             addrs = self._known_addrs.get(peer)
             if not addrs:
                 raise PeerUnreachable(peer, "no session and no known address for this name")
+            # A session still dialling one of the peer's addresses is known
+            # only by address until its handshake names the peer: reuse it.
+            # A second session would reorder what the two carry, and the
+            # peer would reset the first one ("started a new session") with
+            # whatever it still had queued.
+            for a in addrs:
+                conn = self._by_addr.get(a)
+                if conn is not None and not conn.is_closed and conn.outgoing and conn.peer_name in ("", peer):
+                    return conn
             address = self._choose_address(peer, addrs)
             peer_type = self._known_types.get(peer, "")
         pol = get_policy(_CLIENT_SIDE.get(p := policy or self.config.policy_for(peer_type), p))

@@ -389,3 +389,44 @@ async def test_first_contact_race_makes_one_session_and_loses_nothing(make_messe
     assert len(a.connections) == 1 and len(b.connections) == 1
     await asyncio.sleep(3)
     assert "a" in oob and "b" in oob  # each side's OOB payloads reach the other
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
+async def test_messages_to_a_name_before_its_handshake_share_one_session(make_messenger: MakeMessenger,
+                                                                          scheme: str) -> None:
+    """Sending to a peer by name, message after message, while its first
+    session is still dialling (and the peer dials back by name at the same
+    time): every call finds that one session.  Each call used to dial a
+    session of its own — messages arrived out of order, and the peer reset
+    the earlier sessions with what they still had queued."""
+    import msgr_loopback
+
+    a = await make_messenger("a")
+    b = await make_messenger("b")
+    if scheme == "loop":
+        msgr_loopback.get_network().set_delay(None, None, 0.01)
+    lost: list[Any] = []
+
+    class Watch(Dispatcher):
+        def handle_undeliverable(self, conn: Any, messages: list[tuple[str, Any]], reason: str) -> None:
+            lost.append((reason, len(messages)))
+
+    for ms in (a, b):
+        ms.add_dispatcher(Watch())
+    a.add_known_address("b", b.addresses)
+    b.add_known_address("a", a.addresses)
+    sink_a, sink_b = Sink(a), Sink(b)
+    for i in range(50):
+        a.get_connection("b").send_nowait("seq", seq(i))
+        b.get_connection("a").send_nowait("seq", seq(i))
+    assert len(a.connections) == 1 and len(b.connections) == 1
+    await sink_b.wait_for(50)
+    await sink_a.wait_for(50)
+    for i in range(50, 100):
+        a.get_connection("b").send_nowait("seq", seq(i))
+        b.get_connection("a").send_nowait("seq", seq(i))
+    await sink_b.wait_for(100)
+    await sink_a.wait_for(100)
+    assert lost == []
+    assert len(a.connections) == 1 and len(b.connections) == 1
