@@ -60,7 +60,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     paper.add_argument("--cycles", type=int, default=100, help="steady failures: cycles")
     paper.add_argument("--rate", type=float, default=0.005, help="steady failures: fraction failing per cycle")
     paper.add_argument("--after", type=int, default=10, help="massive failures: broadcasts after the failure")
-    paper.add_argument("--settle", type=float, default=30.0, help="seconds (virtual) for the overlay to form")
+    paper.add_argument("--settle", type=float, default=30.0,
+                       help="seconds (virtual) for the overlay to form, at least; then until a shuffle period "
+                            "passes without a change of any active view")
+    paper.add_argument("--max-settle", type=float, default=600.0,
+                       help="seconds (virtual) for the overlay to form, at most")
     paper.add_argument("--plot", metavar="PNG", help="plot the rows (needs matplotlib: msgr-plumtree[sim])")
     paper.add_argument("--svg", metavar="FILE", help="draw the delivery tree of the last single-sender broadcast")
     paper.add_argument("--from-csv", metavar="CSV", help="run nothing: summarize (and --plot) the rows of a CSV "
@@ -149,7 +153,12 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0, c0 = time.perf_counter(), time.process_time()
 
-            async def picture(name: str, cluster: Any, seed: int = seed, n: int = n) -> None:
+            settled: list[str] = []
+
+            async def picture(name: str, cluster: Any, seed: int = seed, n: int = n,
+                              settled: list[str] = settled) -> None:
+                if name != "single":  # the plumtree cluster reports again when it stops
+                    settled.append(f"{name} {cluster.settle_time:.0f} s")
                 last = cluster.last
                 if args.svg and name == "single" and seed == args.first_seed and last is not None:
                     pictures.append(tree_svg(
@@ -159,13 +168,14 @@ def _cmd_paper(args: argparse.Namespace) -> int:
             got = run_paper(n, seed, scenarios=tuple(args.scenarios), broadcasts=args.broadcasts,
                             fanout=args.fanout, steady_cycles=args.cycles, steady_rate=args.rate,
                             fail=tuple(args.fail), after_failure=args.after, settle=args.settle,
-                            on_cluster=picture)
+                            max_settle=args.max_settle, on_cluster=picture)
             rows.extend(got)
             if args.svg and pictures:
                 Path(args.svg).write_text(pictures[-1])
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"# N={n} seed={seed}: {time.perf_counter() - t0:.1f} s wall, "
-                  f"{time.process_time() - c0:.1f} s CPU, peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
+                  f"{time.process_time() - c0:.1f} s CPU, peak RSS {rss:.0f} MB; overlay settled in "
+                  f"{', '.join(settled)} (virtual)", file=sys.stderr, flush=True)
             if args.csv:
                 _write_csv(args.csv, rows)  # after every seed: a long run keeps what it measured
     if args.json:

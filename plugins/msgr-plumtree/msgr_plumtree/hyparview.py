@@ -201,7 +201,9 @@ class HyParView:
     def _on_neighbor(self, msg: Message) -> None:
         addrs, high = msg.payload
         self._learn(msg.peer, addrs)
-        accept = high or len(self.active) < self.active_size
+        # a requester already in our active view lost its half of the link
+        # (our hv.add crossed its hv.disconnect): take it back, do not refuse
+        accept = high or msg.peer in self.active or len(self.active) < self.active_size
         if accept:
             self._add_active(msg.peer, tell=False)
         self._send("hv.neighbor_reply", msg.peer, accept)
@@ -236,6 +238,11 @@ class HyParView:
 
     def _on_shuffle(self, msg: Message) -> None:
         origin, addrs, ttl, entries = msg.payload
+        if msg.peer not in self.active:
+            # shuffles travel over active links only: the sender holds a link
+            # we do not (an hv.add of its crossed an hv.disconnect of ours);
+            # tell it, so it refills that slot instead of keeping half a link
+            self._send("hv.disconnect", msg.peer, b"")
         if origin == self.name:
             return
         nxt = sorted(self.active - {msg.peer, origin})

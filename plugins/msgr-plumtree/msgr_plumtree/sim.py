@@ -83,6 +83,8 @@ class Cluster:
     plugins: PluginSet = field(default_factory=_SimPlugins)
     #: the last broadcast measured
     last: BroadcastResult | None = None
+    #: virtual seconds :func:`paper_experiment` let the overlay form
+    settle_time: float = 0.0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def pt(self, name: str) -> Plumtree:
@@ -195,6 +197,26 @@ class Cluster:
         self.last = BroadcastResult(msg_id, root, len(expect), delivered, self.payload_total() - m0,
                                     max(hops.values(), default=0), self.graft_total() - g0, duration)
         return self.last
+
+    async def settle(self, minimum: float, maximum: float) -> float:
+        """Let the HyParView overlay form (virtual time): at least
+        ``minimum`` s, then until no active view changed during a whole
+        shuffle period — nodes short of neighbours keep asking passive
+        members to join until none has room, and every link added later
+        costs a duplicate in the next broadcast — or ``maximum`` s in all.
+        Returns the seconds waited."""
+        start = self.loop.time()
+        await asyncio.sleep(minimum)
+        period = min(self.nodes[n].extensions["hyparview"].shuffle_period for n in self.live())
+        views = self.active_views()
+        while self.loop.time() - start < maximum:
+            await asyncio.sleep(min(period, maximum - (self.loop.time() - start)))
+            now = self.active_views()
+            if now == views:
+                break
+            views = now
+        self.settle_time = self.loop.time() - start
+        return self.settle_time
 
     async def stop(self) -> None:
         for ms in self.nodes.values():
@@ -324,7 +346,8 @@ PAPER_SETTINGS: dict[str, Any] = {"peer_sampling": "hyparview", "tree": "shared"
                                   "exchange_tick_period": 1e9}
 
 
-async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, broadcasts: int = 10,
+async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, max_settle: float = 600.0,
+                           broadcasts: int = 10,
                            fanout: int = 4, steady_cycles: int = 100, steady_rate: float = 0.005,
                            fail: tuple[float, ...] = (0.4, 0.6, 0.8), after_failure: int = 10,
                            pre_failure: int = 3, guard: float = 10.0, detector: str = "neighbours",
@@ -338,7 +361,9 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, b
       gossip with ``fanout`` instead of Plumtree; ``broadcasts`` from random
       senders (RMR about ``fanout - 1``);
     - ``single``: ``broadcasts`` from ``n0``, on a fresh Plumtree cluster
-      whose overlay had ``settle`` s to form;
+      whose overlay is stable (:meth:`Cluster.settle`: at least ``settle``
+      s, then until a shuffle period passes without a change of any active
+      view, at most ``max_settle`` s);
     - ``random``: then ``broadcasts`` from random live senders;
     - ``steady``: then ``steady_cycles`` cycles, each: ``steady_rate`` of
       the initial nodes (at least 1) crash, the detector reports them, a
@@ -365,7 +390,7 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, b
 
     async def fresh(extra: dict[str, Any] | None = None) -> Cluster:
         c = await make_cluster(nodes, seed=seed, plumtree={**settings, **(extra or {})})
-        await asyncio.sleep(settle)  # virtual: joins' random walks and shuffles
+        await c.settle(settle, max_settle)  # virtual: joins' random walks, shuffles, fills
         return c
 
     async def finish(name: str, c: Cluster) -> None:

@@ -31,12 +31,15 @@ async def test_pt_hyparview_overlay_broadcast_and_repair(cluster: Any) -> None:
     hv = c.nodes["n1"].extensions["hyparview"]
     assert isinstance(hv, HyParView) and hv.active_size == 5 and hv.passive_size == 30
     assert c.nodes["n1"].view is None  # no view: HyParView is the membership
-    await asyncio.sleep(30)  # virtual: the joins' random walks and three shuffle periods
+    # virtual: the joins' random walks, then shuffles and fills until the
+    # active views stop changing
+    settled = await c.settle(30, 300)
+    assert settled < 300
     av = c.active_views()
     assert all(1 <= len(v) <= 5 for v in av.values())
     assert sum(len(v) for v in av.values()) / n >= 4
     asym = sum(1 for a, v in av.items() for b in v if a not in av[b])
-    assert asym <= n // 10  # symmetric but for links in flight
+    assert asym == 0  # (lost hv.add / hv.disconnect made 1-2 % one-sided: msgr-core's get_connection fix)
     assert _connected(av)
     assert sum(len(c.nodes[x].extensions["hyparview"].passive) for x in av) / n >= 10
     for name, view in av.items():  # Plumtree's neighbours are the active view
@@ -68,3 +71,25 @@ async def test_pt_hyparview_overlay_broadcast_and_repair(cluster: Any) -> None:
     assert sum(len(v & dead) for v in av.values()) <= len(av) // 10
     assert sum(len(v - dead) for v in av.values()) / len(av) >= 4
     assert sum(c.nodes[x].extensions["hyparview"].counters["promotions"] for x in av) > 0
+
+
+async def test_pt_hyparview_half_link_is_repaired(cluster: Any) -> None:
+    """A node holding a neighbour that does not hold it back (what an
+    ``hv.add`` crossing an ``hv.disconnect`` leaves) is told so by the first
+    shuffle it sends over that link, and refills the slot: every active
+    view symmetric again, nothing else lost."""
+    n = 20
+    c = await cluster(n, plumtree={"peer_sampling": "hyparview"})
+    await c.settle(30, 300)
+    av = c.active_views()
+    assert all(a in av[b] for a, v in av.items() for b in v)
+    a, b = next((x, y) for x in sorted(av) for y in sorted(av) if x != y and y not in av[x])
+    hv = c.nodes[a].extensions["hyparview"]
+    hv._add_active(b, tell=False)  # half a link: b is never told
+    assert b in c.active_views()[a] and a not in c.active_views()[b]
+    await asyncio.sleep(60)  # virtual: several shuffle periods
+    av = c.active_views()
+    assert [(x, y) for x, v in av.items() for y in v if x not in av[y]] == []
+    assert all(1 <= len(v) <= 5 for v in av.values()) and _connected(av)
+    r = await c.broadcast("n3")
+    assert r.reliability == 1.0

@@ -45,7 +45,8 @@ async def test_pt_paper_scenarios_small() -> None:
     assert all(2.4 <= r.rmr <= 3.2 for r in by["eager-gossip"])
     single = by["single"]
     assert all(r.reliability == 1.0 for r in single)
-    assert single[0].rmr > 1 and single[-1].rmr == 0.0 and single[-1].payload_msgs == n - 1  # the tree is built
+    assert single[0].rmr > 1  # every link eager, pruned by the first broadcast
+    assert all(r.rmr == 0.0 and r.payload_msgs == n - 1 for r in single[1:])  # the tree, on a stable overlay
     assert all(r.reliability == 1.0 and r.payload_msgs <= 1.2 * (n - 1) for r in by["random"])
     steady = by["steady"]
     assert len(steady) == 8 and all(r.reliability == 1.0 for r in steady)
