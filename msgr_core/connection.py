@@ -422,6 +422,7 @@ class Connection:
         self._opened = self._loop.create_future()  # first OPEN (or failure) of this session
         self._timer: asyncio.TimerHandle | None = None  # accepting side's handshake timeout
         self._stopping = False
+        self._closing: asyncio.Task[None] | None = None  # close() / stop() in progress
         self._rejected = False  # an accepting link already counted as rejected
         # handler tasks running for this peer, and async oneway handlers waiting for a slot
         self._inflight = 0
@@ -592,6 +593,30 @@ class Connection:
             await fut
         if self.state == CLOSED:
             raise ConnectionReset(self._who(), self.close_reason or "closed")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """End this session gracefully, as :meth:`Messenger.stop
+        <msgr_core.messenger.Messenger.stop>` ends every session: what is
+        queued is sent and, on a lossless session, acknowledged; then the
+        peer is told (``GOODBYE``: it closes its side at once instead of
+        reconnecting) and the link closes.  Bounded by ``timeout``: what is
+        still queued or unacknowledged then is reported undeliverable.
+
+        What the peer had in flight to us when our goodbye crossed it is
+        reported undeliverable on its side, never dropped silently.  The
+        next message to this peer starts a new session.  For a session a
+        protocol needed for one exchange (HyParView's shuffles) rather
+        than :meth:`mark_down`, which drops what is queued and makes a
+        lossless peer reconnect."""
+        if self.state != CLOSED or self._closing is not None:
+            await asyncio.shield(self._close_task(timeout, "closed"))
+
+    def _close_task(self, timeout: float, reason: str) -> asyncio.Task[None]:
+        """The graceful close of this session: started once, by :meth:`close`
+        or by the messenger's stop, and awaited by both."""
+        if self._closing is None:
+            self._closing = self._loop.create_task(self._close_gracefully(timeout, reason))
+        return self._closing
 
     def mark_down(self) -> None:
         """Close the session now: queued and unacknowledged messages are
@@ -1469,7 +1494,7 @@ class Connection:
         if notify and was_open:
             self._ms._fire("msgr_handle_reset", conn=self, reason=reason)
 
-    async def _close_gracefully(self, timeout: float) -> None:
+    async def _close_gracefully(self, timeout: float, reason: str = "messenger stopped") -> None:
         """Flush, wait for acks (lossless), say goodbye, close; bounded by ``timeout``."""
         self._stopping = True
         if self.state in (CONNECTING, HANDSHAKE, STANDBY) and (self._queued_bytes or self._unacked):
@@ -1482,14 +1507,14 @@ class Connection:
                 await asyncio.wait_for(self.wait_acked() if self._lossless else self.drain(), timeout)
             port = self._port
             if self.state == OPEN and port is not None and port.link is not None:
-                self.close_reason = "messenger stopped"
+                self.close_reason = reason
                 self._send_control(m.GOODBYE)
                 port.gone = self._loop.create_future()
                 port.session = None  # what follows is ours to report, not a fault
                 port.link.close()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(port.gone, timeout)
-        self._reset("messenger stopped", notify=False)
+        self._reset(reason, notify=False)
 
     async def _wait_open(self) -> None:
         while self.state not in (OPEN, CLOSED):

@@ -227,7 +227,8 @@ class Messenger:
         await self._stop_accepting()
         conns = self.connections
         if conns:
-            await asyncio.gather(*(c._close_gracefully(timeout) for c in conns), return_exceptions=True)
+            await asyncio.gather(*(c._close_task(timeout, "messenger stopped") for c in conns),
+                                 return_exceptions=True)
         for conn in list(self._accepted):
             conn._reset("messenger stopped", notify=False)
         await self._release()

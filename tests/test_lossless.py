@@ -430,3 +430,51 @@ async def test_messages_to_a_name_before_its_handshake_share_one_session(make_me
     await sink_a.wait_for(100)
     assert lost == []
     assert len(a.connections) == 1 and len(b.connections) == 1
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scheme", VIRTUAL_TIME_SCHEMES)
+async def test_close_one_session_flushes_and_the_peer_does_not_reconnect(make_messenger: MakeMessenger,
+                                                                         scheme: str) -> None:
+    """``Connection.close()`` ends one session gracefully: everything queued
+    arrives, the peer closes its side on the goodbye instead of
+    reconnecting, other sessions are untouched, and the next message
+    starts a new session."""
+    a = await make_messenger("a")
+    b = await make_messenger("b")
+    c = await make_messenger("c")
+    resets: list[tuple[str, str]] = []
+    closed = asyncio.Event()
+
+    class Watch(Dispatcher):
+        def handle_reset(self, conn: Any, reason: str) -> None:
+            resets.append((conn.peer_name, reason))
+            closed.set()
+
+    b.add_dispatcher(Watch())
+    sink_b, sink_c = Sink(b), Sink(c)
+    ab, ac = a.get_connection(b.addresses[0]), a.get_connection(c.addresses[0])
+    for i in range(100):
+        ab.send_nowait("seq", seq(i))
+        ac.send_nowait("seq", seq(i))
+    await ab.close()
+    assert ab.is_closed and ab.close_reason == "closed"
+    await sink_b.wait_for(100)  # nothing queued was dropped
+    await asyncio.wait_for(closed.wait(), 10)
+    assert resets == [("a", "peer said goodbye")]
+    assert b.connections == []
+    await asyncio.sleep(5)  # virtual: a lossless peer would have redialled by now
+    assert b.connections == [] and [x.peer_name for x in a.connections] == ["c"]
+    await sink_c.wait_for(100)
+    a.get_connection(b.addresses[0]).send_nowait("seq", seq(0))  # a new session, counting from 0
+    sink_b.next.clear()
+    await sink_b.wait_for(101)
+    assert len(b.connections) == 1 and b.connections[0].msgs_in == 1  # a new session
+    # a close still in progress when the messenger stops: one goodbye, both return
+    ab = a.get_connection(b.addresses[0])
+    ab.send_nowait("seq", seq(1))
+    closing = asyncio.ensure_future(ab.close())
+    await a.stop()
+    await closing
+    await sink_b.wait_for(102)
+    assert ab.is_closed and a.connections == []
