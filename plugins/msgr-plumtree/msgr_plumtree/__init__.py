@@ -37,7 +37,10 @@ Config section ``[plumtree]``:
     neighbours; the view is ignored.  Its keys: ``contacts`` (list),
     ``active_size`` (5), ``passive_size`` (30), ``arwl`` (6), ``prwl`` (3),
     ``shuffle_period`` (10.0 s), ``shuffle_active`` (3), ``shuffle_passive``
-    (4), ``shuffle_ttl`` (6).
+    (4), ``shuffle_ttl`` (6), ``close_idle_sessions`` (true: sessions with
+    nodes outside the active view close after a shuffle period without
+    traffic, so a node keeps about ``active_size`` sessions, not one per
+    node it ever shuffled with).
 ``tree`` (str, default ``"per_root"``)
     ``"per_root"``: a broadcast tree per sender, each built by its first
     broadcasts (riak_core, Partisan); ``"shared"``: one tree for every
@@ -121,6 +124,7 @@ DEFAULTS: dict[str, Any] = {
     "shuffle_active": 3,
     "shuffle_passive": 4,
     "shuffle_ttl": 6,
+    "close_idle_sessions": True,
 }
 
 
@@ -163,7 +167,8 @@ def msgr_messenger_started(messenger: Messenger) -> None:
         hv = HyParView(messenger, pt, contacts=list(cfg["contacts"]), active_size=cfg["active_size"],
                        passive_size=cfg["passive_size"], arwl=cfg["arwl"], prwl=cfg["prwl"],
                        shuffle_period=cfg["shuffle_period"], shuffle_active=cfg["shuffle_active"],
-                       shuffle_passive=cfg["shuffle_passive"], shuffle_ttl=cfg["shuffle_ttl"], seed=cfg["seed"])
+                       shuffle_passive=cfg["shuffle_passive"], shuffle_ttl=cfg["shuffle_ttl"], seed=cfg["seed"],
+                       close_idle_sessions=cfg["close_idle_sessions"])
         messenger.extensions[HYPARVIEW] = hv
         pt.start(use_view=False)
         hv.start()

@@ -38,7 +38,8 @@ class HyParView:
     def __init__(self, messenger: Messenger, plumtree: Plumtree, *, contacts: list[str],
                  active_size: int = 5, passive_size: int = 30, arwl: int = 6, prwl: int = 3,
                  shuffle_period: float = 10.0, shuffle_active: int = 3, shuffle_passive: int = 4,
-                 shuffle_ttl: int = 6, neighbor_timeout: float = 2.0, seed: int = 0) -> None:
+                 shuffle_ttl: int = 6, neighbor_timeout: float = 2.0, seed: int = 0,
+                 close_idle_sessions: bool = True) -> None:
         self.ms = messenger
         self.pt = plumtree
         self.name = messenger.name
@@ -48,6 +49,9 @@ class HyParView:
         self.shuffle_period = shuffle_period
         self.shuffle_active, self.shuffle_passive, self.shuffle_ttl = shuffle_active, shuffle_passive, shuffle_ttl
         self.neighbor_timeout = neighbor_timeout
+        self.close_idle_sessions = close_idle_sessions
+        self._idle: dict[str, tuple[int, int]] = {}  # non-neighbour sessions: message counts at the last tick
+        self._closing: set[asyncio.Task[None]] = set()
         self.rng = random.Random(seed * 7907 + zlib.crc32(self.name.encode()))
         self.active: set[str] = set()
         self.passive: set[str] = set()
@@ -55,7 +59,7 @@ class HyParView:
         self._pending: dict[str, asyncio.TimerHandle] = {}  # neighbor requests awaiting a reply
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self.counters = {"joins": 0, "shuffles": 0, "promotions": 0, "disconnects": 0}
+        self.counters = {"joins": 0, "shuffles": 0, "promotions": 0, "disconnects": 0, "sessions_closed": 0}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -224,6 +228,8 @@ class HyParView:
         if self._closed:
             return
         self._timer = self.ms.loop.call_later(self.shuffle_period, self._shuffle_tick)
+        if self.close_idle_sessions:
+            self._close_idle()
         if len(self.active) < self.active_size:
             self._fill()
         if not self.active:
@@ -235,6 +241,30 @@ class HyParView:
         entries += [self._entry(n) for n in self.rng.sample(pas, min(self.shuffle_passive, len(pas)))]
         self.counters["shuffles"] += 1
         self._send("hv.shuffle", self.rng.choice(act), [self.name, self.ms.addresses, self.shuffle_ttl, entries])
+
+    def _close_idle(self) -> None:
+        """Close the sessions with nodes outside the active view that carried
+        no message for a whole shuffle period.  A join, a forward-join's
+        end, a shuffle reply or a refused neighbour request needs a session
+        for one exchange (the paper's temporary connections); kept, they
+        would add up to a session with every node this one ever shuffled
+        with — the full mesh HyParView is there to avoid.  Closing flushes
+        what is queued (:meth:`Connection.close`); the next message to
+        that node opens a new session."""
+        idle: dict[str, tuple[int, int]] = {}
+        for conn in self.ms.connections:
+            peer = conn.peer_name
+            if not peer or peer in self.active or peer in self._pending or not conn.is_open:
+                continue
+            mark = (conn.msgs_in, conn.msgs_out)
+            if self._idle.get(peer) == mark and not conn.queued_bytes:
+                self.counters["sessions_closed"] += 1
+                task = self.ms.loop.create_task(conn.close(self.shuffle_period))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            else:
+                idle[peer] = mark
+        self._idle = idle
 
     def _on_shuffle(self, msg: Message) -> None:
         origin, addrs, ttl, entries = msg.payload

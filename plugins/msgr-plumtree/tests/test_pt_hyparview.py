@@ -44,6 +44,12 @@ async def test_pt_hyparview_overlay_broadcast_and_repair(cluster: Any) -> None:
     assert sum(len(c.nodes[x].extensions["hyparview"].passive) for x in av) / n >= 10
     for name, view in av.items():  # Plumtree's neighbours are the active view
         assert c.pt(name).members == view
+    # sessions: the active view plus the few a shuffle or a join is using,
+    # not one with every node met (n0, every node's join contact, met all)
+    sessions = {x: len(c.nodes[x].connections) for x in av}
+    assert max(sessions.values()) <= 3 * hv.active_size, sessions
+    assert sum(sessions.values()) / n <= 2 * hv.active_size, sessions
+    assert sum(c.nodes[x].extensions["hyparview"].counters["sessions_closed"] for x in av) > n
 
     first = await c.broadcast("n5")
     assert first.reliability == 1.0 and first.rmr > 0

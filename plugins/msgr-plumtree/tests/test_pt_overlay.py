@@ -18,7 +18,8 @@ def test_pt_defaults() -> None:
         "graft_timeout": 0.5, "graft_retry_timeout": 0.25, "peer_sampling": "view", "seed": 0,
         "tree": "per_root", "eager_gossip_fanout": 0, "contacts": [], "active_size": 5, "passive_size": 30,
         "arwl": 6, "prwl": 3,
-        "shuffle_period": 10.0, "shuffle_active": 3, "shuffle_passive": 4, "shuffle_ttl": 6}}
+        "shuffle_period": 10.0, "shuffle_active": 3, "shuffle_passive": 4, "shuffle_ttl": 6,
+        "close_idle_sessions": True}}
 
 
 def test_pt_initial_counts_are_riak_cores() -> None:
