@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -92,6 +93,26 @@ class ZmqServerLink(ZmqLink):
     def _release(self, exc: BaseException | None, *, notify_peer: bool, linger: bool) -> None:
         self._sock = None
         self._listener._forget(self, exc, notify_peer)
+
+
+#: bound endpoint -> resolved once libzmq reports that listening socket
+#: closed.  libzmq releases an address in its I/O thread, after ``close``
+#: returns: a listener restarted on the same address in this process waits
+#: for this instead of failing with "address already in use".
+_releasing: dict[str, asyncio.Future[None]] = {}
+
+#: how long a closing listener waits for libzmq to report its socket closed
+_RELEASE_TIMEOUT = 1.0
+
+
+async def wait_released(endpoint: str) -> None:
+    """Until a listener of this process that was bound at ``endpoint`` has
+    released it (at most ``_RELEASE_TIMEOUT``); at once if none is closing."""
+    fut = _releasing.get(endpoint)
+    if fut is not None and not fut.done():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_RELEASE_TIMEOUT):
+                await asyncio.shield(fut)
 
 
 class ZmqListener(Listener):
@@ -199,18 +220,15 @@ class ZmqListener(Listener):
         links, the address is free when this returns.  Idempotent."""
         self._accepting = False
         sock = self._sock
-        if sock is not None and not self._links and self._bound and self._unbound is None:
+        if sock is not None and not self._links:
             # unbind and wait until libzmq has really closed the listening socket
-            self._unbound = self._loop.create_future()
-            try:
-                sock.unbind(self._bound)
-            except ZMQError:
-                self._unbound.set_result(None)
-            try:
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(self._unbound)
-            except TimeoutError:
-                logger.warning("%s: libzmq did not report the listening socket closed", self.address)
+            fut = self._unbind()
+            if fut is not None:
+                try:
+                    async with asyncio.timeout(_RELEASE_TIMEOUT):
+                        await asyncio.shield(fut)
+                except TimeoutError:
+                    logger.warning("%s: libzmq did not report the listening socket closed", self.address)
         if not self._links:
             self._shutdown()
         await asyncio.sleep(0)
@@ -222,15 +240,39 @@ class ZmqListener(Listener):
             link._end(LinkClosed("transport closed"))
         self._shutdown()
 
+    def _unbind(self) -> asyncio.Future[None] | None:
+        """Stop listening (once): the future resolves when libzmq reports the
+        listening socket closed (``EVENT_CLOSED``), i.e. the address is free;
+        ``None`` if the socket was never bound."""
+        sock = self._sock
+        if self._unbound is None and sock is not None and self._bound:
+            fut = self._unbound = self._loop.create_future()
+            _releasing[self._bound] = fut
+            fut.add_done_callback(lambda f, ep=self._bound: _releasing.pop(ep, None) if _releasing.get(ep) is f
+                                  else None)
+            try:
+                sock.unbind(self._bound)
+            except ZMQError:
+                fut.set_result(None)
+            else:
+                # a monitor that never reports must not leave the address "closing"
+                self._loop.call_later(_RELEASE_TIMEOUT, lambda: fut.done() or fut.set_result(None))
+        return self._unbound
+
     def _shutdown(self) -> None:
         self._accepting = False
         for h in (self._flush_handle, self._service_handle, self._retry_handle):
             if h is not None:
                 h.cancel()
         self._flush_handle = self._service_handle = self._retry_handle = None
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
+        fut = self._unbind()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            if fut is None or fut.done():
+                monitor.close()
+            else:
+                # it reports EVENT_CLOSED once libzmq has let the address go
+                fut.add_done_callback(lambda _f: monitor.close())
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
             self._fd = None

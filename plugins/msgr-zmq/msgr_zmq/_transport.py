@@ -22,7 +22,7 @@ from msgr_core.transport import (
 )
 
 from ._client import ZmqClientLink
-from ._listener import ZmqListener
+from ._listener import ZmqListener, wait_released
 from ._settings import DEFAULTS, SECTION, ZmqSettings
 
 __all__ = ["ZmqTransport", "parse_address"]
@@ -139,6 +139,7 @@ class ZmqTransport(Transport):
             self._listeners.discard,
             hello_timeout=opts.connect_timeout,
         )
+        await wait_released(endpoint)  # the same address, closed a moment ago in this process
         listener.bind(ipv6)
         self._listeners.add(listener)
         return listener

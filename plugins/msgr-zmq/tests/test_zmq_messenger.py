@@ -65,3 +65,35 @@ async def test_transport_preference(tcp_installed, order: list[str], expected: s
         assert conn.address.startswith(expected + "://")
         assert conn.link is not None
         assert isinstance(conn.link, ZmqLink) == (expected == "zmq+tcp")
+
+
+async def test_a_crashed_messenger_restarts_on_its_address_at_once() -> None:
+    """A messenger aborted (as a crash would) while a peer keeps sending to it
+    can be restarted on the same address in the same process at once:
+    libzmq frees the address in its I/O thread after the socket is closed,
+    and listening waits for that instead of failing with "address already
+    in use" (it did in about half of such restarts)."""
+    from msgr_core import Dispatcher
+
+    restarted = asyncio.Queue[str]()
+
+    class Watch(Dispatcher):
+        def handle_remote_reset(self, conn: Any) -> None:
+            restarted.put_nowait(conn.peer_name)
+
+    a = Messenger.from_config(_config("zmq-a", ["zmq+tcp://127.0.0.1:0"], ["zmq+tcp"]))
+    a.add_dispatcher(Watch())
+    async with a:
+        b = Messenger.from_config(_config("zmq-b", ["zmq+tcp://127.0.0.1:0"], ["zmq+tcp"]))
+        await b.start()
+        address = b.addresses[0]
+        for i in range(6):
+            assert await a.send_message("msgr.ping", address, timeout=10) is not None
+            await b.abort()
+            a.get_connection(address).send_nowait("nobody-home", b"x")  # a redials meanwhile
+            b = Messenger.from_config(_config("zmq-b", [address], ["zmq+tcp"]))
+            await b.start()  # raised OSError: address already in use
+            assert b.addresses == [address], i
+            # a's redial reaches the new incarnation: a resets its old session
+            assert await asyncio.wait_for(restarted.get(), 10) == "zmq-b"
+        await b.stop()
