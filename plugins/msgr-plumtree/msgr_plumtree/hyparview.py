@@ -268,11 +268,14 @@ class HyParView:
 
     def _on_shuffle(self, msg: Message) -> None:
         origin, addrs, ttl, entries = msg.payload
-        if msg.peer not in self.active:
+        if msg.peer not in self.active and msg.peer != self.name:
             # shuffles travel over active links only: the sender holds a link
-            # we do not (an hv.add of its crossed an hv.disconnect of ours);
-            # tell it, so it refills that slot instead of keeping half a link
-            self._send("hv.disconnect", msg.peer, b"")
+            # we do not (its hv.add crossed our hv.disconnect, or was lost
+            # with a closing session).  Take the link, as its hv.add asked:
+            # dropping it instead can cut off a group of nodes whose only
+            # links to the rest were such half links, and HyParView has no
+            # way to merge a partition again.
+            self._add_active(msg.peer, tell=False)
         if origin == self.name:
             return
         nxt = sorted(self.active - {msg.peer, origin})
