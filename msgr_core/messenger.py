@@ -402,10 +402,9 @@ class Messenger:
             # A second session would reorder what the two carry, and the
             # peer would reset the first one ("started a new session") with
             # whatever it still had queued.
-            for a in addrs:
-                conn = self._by_addr.get(a)
-                if conn is not None and not conn.is_closed and conn.outgoing and conn.peer_name in ("", peer):
-                    return conn
+            conn = self._dialling(peer, addrs)
+            if conn is not None:
+                return conn
             address = self._choose_address(peer, addrs)
             peer_type = self._known_types.get(peer, "")
         pol = get_policy(_CLIENT_SIDE.get(p := policy or self.config.policy_for(peer_type), p))
@@ -772,12 +771,13 @@ class Messenger:
             self._attach_oob(session)
             self._fire("msgr_handle_connect" if session.outgoing else "msgr_handle_accept", conn=session)
 
-    def _dialling(self, name: str, addrs: list[str]) -> Connection | None:
-        """Our own session still dialling the peer that has just dialled us
-        (first contact, both at once): its name is not known to it yet, but
-        it dials one of the addresses the peer listens on.  Without this the
-        two would open two sessions, and the first reconnect would reset one
-        of them with what it had queued."""
+    def _dialling(self, name: str, addrs: Sequence[str]) -> Connection | None:
+        """Our own session still dialling ``name`` at one of ``addrs`` (its
+        handshake has not named the peer yet): for a peer that has just
+        dialled us (first contact, both at once) and for
+        :meth:`get_connection` by name.  Without it there would be two
+        sessions, and the peer would reset one of them with what it had
+        queued."""
         for addr in addrs:
             conn = self._by_addr.get(addr)
             if conn is not None and not conn.is_closed and conn.outgoing and conn.peer_name in ("", name):
