@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -107,12 +106,11 @@ _RELEASE_TIMEOUT = 1.0
 
 async def wait_released(endpoint: str) -> None:
     """Until a listener of this process that was bound at ``endpoint`` has
-    released it (at most ``_RELEASE_TIMEOUT``); at once if none is closing."""
+    released it (at most ``_RELEASE_TIMEOUT``: see ``ZmqListener._unbind``);
+    at once if none is closing."""
     fut = _releasing.get(endpoint)
-    if fut is not None and not fut.done():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_RELEASE_TIMEOUT):
-                await asyncio.shield(fut)
+    if fut is not None:
+        await asyncio.shield(fut)
 
 
 class ZmqListener(Listener):
@@ -224,11 +222,7 @@ class ZmqListener(Listener):
             # unbind and wait until libzmq has really closed the listening socket
             fut = self._unbind()
             if fut is not None:
-                try:
-                    async with asyncio.timeout(_RELEASE_TIMEOUT):
-                        await asyncio.shield(fut)
-                except TimeoutError:
-                    logger.warning("%s: libzmq did not report the listening socket closed", self.address)
+                await asyncio.shield(fut)
         if not self._links:
             self._shutdown()
         await asyncio.sleep(0)
@@ -246,18 +240,29 @@ class ZmqListener(Listener):
         ``None`` if the socket was never bound."""
         sock = self._sock
         if self._unbound is None and sock is not None and self._bound:
+            bound = self._bound
             fut = self._unbound = self._loop.create_future()
-            _releasing[self._bound] = fut
-            fut.add_done_callback(lambda f, ep=self._bound: _releasing.pop(ep, None) if _releasing.get(ep) is f
-                                  else None)
+            _releasing[bound] = fut
+
+            def released(_f: asyncio.Future[None]) -> None:
+                if _releasing.get(bound) is fut:
+                    del _releasing[bound]
+
+            fut.add_done_callback(released)
             try:
-                sock.unbind(self._bound)
+                sock.unbind(bound)
             except ZMQError:
                 fut.set_result(None)
             else:
-                # a monitor that never reports must not leave the address "closing"
-                self._loop.call_later(_RELEASE_TIMEOUT, lambda: fut.done() or fut.set_result(None))
+                self._loop.call_later(_RELEASE_TIMEOUT, self._release_overdue, fut)
         return self._unbound
+
+    def _release_overdue(self, fut: asyncio.Future[None]) -> None:
+        # the one bound on every wait for the address: a monitor that never
+        # reports must not leave it "closing"
+        if not fut.done():
+            logger.warning("%s: libzmq did not report the listening socket closed", self.address)
+            fut.set_result(None)
 
     def _shutdown(self) -> None:
         self._accepting = False
