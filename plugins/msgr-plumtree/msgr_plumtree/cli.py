@@ -65,6 +65,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                             "passes without a change of any active view")
     paper.add_argument("--max-settle", type=float, default=600.0,
                        help="seconds (virtual) for the overlay to form, at most")
+    paper.add_argument("--join-interval", type=float, default=0.01,
+                       help="seconds (virtual) between two nodes' joins through n0, as the paper's overlays were "
+                            "built one join at a time (0: every node joins at the same instant, a join storm)")
     paper.add_argument("--plot", metavar="PNG", help="plot the rows (needs matplotlib: msgr-plumtree[sim])")
     paper.add_argument("--svg", metavar="FILE", help="draw the delivery tree of the last single-sender broadcast")
     paper.add_argument("--from-csv", metavar="CSV", help="run nothing: summarize (and --plot) the rows of a CSV "
@@ -168,7 +171,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
             got = run_paper(n, seed, scenarios=tuple(args.scenarios), broadcasts=args.broadcasts,
                             fanout=args.fanout, steady_cycles=args.cycles, steady_rate=args.rate,
                             fail=tuple(args.fail), after_failure=args.after, settle=args.settle,
-                            max_settle=args.max_settle, on_cluster=picture)
+                            max_settle=args.max_settle, join_interval=args.join_interval, on_cluster=picture)
             rows.extend(got)
             if args.svg and pictures:
                 Path(args.svg).write_text(pictures[-1])

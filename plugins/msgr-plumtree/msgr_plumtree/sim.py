@@ -229,11 +229,15 @@ class Cluster:
 
 
 async def make_cluster(nodes: int, *, seed: int = 0, delay: float = 0.001, jitter: float = 0.0,
-                       plumtree: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Cluster:
+                       plumtree: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                       join_interval: float = 0.0) -> Cluster:
     """Start ``nodes`` messengers ``n0 ..`` with msgr-plumtree on a fresh
     ``SimNetwork`` of the running loop; every node knows every address and
     has the full view installed; with ``peer_sampling = "hyparview"``
-    every node but ``n0`` joins through ``loop://n0`` instead (no view)."""
+    every node but ``n0`` joins through ``loop://n0`` instead (no view),
+    one every ``join_interval`` s (virtual; 0: all at the same instant —
+    a join storm, whose random walks run over an overlay of the last few
+    joiners only)."""
     from msgr_loopback import get_network
 
     loop = asyncio.get_running_loop()
@@ -255,6 +259,8 @@ async def make_cluster(nodes: int, *, seed: int = 0, delay: float = 0.001, jitte
         for section, values in (extra or {}).items():
             cfg.setdefault(section, {}).update(values)
         cluster.configs[name] = cfg
+        if join_interval and name != names[0]:
+            await asyncio.sleep(join_interval)
         await cluster.start_node(name)
     if (plumtree or {}).get("peer_sampling") == "hyparview":
         return cluster  # HyParView: nodes joined through their contacts; no view
@@ -352,7 +358,8 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
                            fail: tuple[float, ...] = (0.4, 0.6, 0.8), after_failure: int = 10,
                            pre_failure: int = 3, guard: float = 10.0, detector: str = "neighbours",
                            scenarios: tuple[str, ...] = ("baseline", "single", "random", "steady", "massive"),
-                           plumtree: dict[str, Any] | None = None, on_cluster: Any = None) -> list[Row]:
+                           plumtree: dict[str, Any] | None = None, on_cluster: Any = None,
+                           join_interval: float = 0.01) -> list[Row]:
     """Leitão et al.'s experiment over a HyParView overlay
     (:data:`PAPER_SETTINGS`, updated by ``plumtree``), one row per
     broadcast (``step`` numbers them within a scenario):
@@ -373,6 +380,11 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
       once, the detector reports them, and ``after_failure`` broadcasts
       from random survivors.
 
+    Each cluster's overlay is built as the paper's were, one join at a time:
+    node ``n{i}`` joins through ``n0`` ``join_interval`` s after ``n{i-1}``
+    (the default, ten hop delays, lets each join's random walks end before
+    the next begins; 0 makes every node join at once, whose overlay keeps
+    the join order's locality and can come out partitioned).
     Failures are reported by ``detector`` (:meth:`Cluster.report_failed`).
     A broadcast's window closes when every live node delivered it and every
     lazy push was acknowledged, or after ``guard`` s (virtual).
@@ -389,7 +401,8 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
         rows.append(_row(nodes, seed, scenario, step, [r]))
 
     async def fresh(extra: dict[str, Any] | None = None) -> Cluster:
-        c = await make_cluster(nodes, seed=seed, plumtree={**settings, **(extra or {})})
+        c = await make_cluster(nodes, seed=seed, plumtree={**settings, **(extra or {})},
+                               join_interval=join_interval)
         await c.settle(settle, max_settle)  # virtual: joins' random walks, shuffles, fills
         return c
 

@@ -101,3 +101,36 @@ async def test_pt_hyparview_half_link_is_repaired(cluster: Any) -> None:
     assert all(1 <= len(v) <= 5 for v in av.values()) and _connected(av)
     r = await c.broadcast("n3")
     assert r.reliability == 1.0
+
+
+def _mean_distance(av: dict[str, set[str]], root: str) -> float:
+    dist, todo = {root: 0}, [root]
+    while todo:
+        nxt = []
+        for a in todo:
+            for b in av[a]:
+                if b in av and b not in dist:
+                    dist[b] = dist[a] + 1
+                    nxt.append(b)
+        todo = nxt
+    assert len(dist) == len(av)  # connected
+    return sum(dist.values()) / (len(dist) - 1)
+
+
+async def test_pt_hyparview_joins_one_at_a_time_give_a_random_overlay(cluster: Any) -> None:
+    """Nodes joining through ``n0`` one at a time (as the paper's overlays
+    were built) make an overlay as short as a random 5-regular graph's
+    (mean distance ~ ln N / ln 4 = 3.8 at N = 200); all joining at the
+    same instant, their random walks run over the last few joiners only,
+    and the overlay keeps that locality: longer paths, so larger LDH (at
+    N = 10,000 it came out partitioned)."""
+    n = 200
+    spread = await cluster(n, seed=1, plumtree={"peer_sampling": "hyparview"}, join_interval=0.01)
+    await spread.settle(30, 300)
+    d_spread = _mean_distance(spread.active_views(), "n0")
+    await spread.stop()
+    storm = await cluster(n, seed=1, plumtree={"peer_sampling": "hyparview"})
+    await storm.settle(30, 300)
+    d_storm = _mean_distance(storm.active_views(), "n0")
+    assert d_spread <= 4.0, (d_spread, d_storm)
+    assert d_storm > d_spread + 0.3, (d_storm, d_spread)
