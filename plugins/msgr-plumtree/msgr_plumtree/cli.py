@@ -168,19 +168,22 @@ def _cmd_paper(args: argparse.Namespace) -> int:
                         cluster.children(last.msg_id), last.root,
                         title=f"delivery tree of broadcast {args.broadcasts} from {last.root}, N={n}, seed {seed}"))
 
-            got = run_paper(n, seed, scenarios=tuple(args.scenarios), broadcasts=args.broadcasts,
-                            fanout=args.fanout, steady_cycles=args.cycles, steady_rate=args.rate,
-                            fail=tuple(args.fail), after_failure=args.after, settle=args.settle,
-                            max_settle=args.max_settle, join_interval=args.join_interval, on_cluster=picture)
-            rows.extend(got)
+            def measured(row: Any) -> None:
+                rows.append(row)
+                if args.csv:
+                    _write_csv(args.csv, rows)  # a long run keeps every row it measured
+
+            run_paper(n, seed, scenarios=tuple(args.scenarios), broadcasts=args.broadcasts,
+                      fanout=args.fanout, steady_cycles=args.cycles, steady_rate=args.rate,
+                      fail=tuple(args.fail), after_failure=args.after, settle=args.settle,
+                      max_settle=args.max_settle, join_interval=args.join_interval, on_cluster=picture,
+                      on_row=measured)
             if args.svg and pictures:
                 Path(args.svg).write_text(pictures[-1])
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"# N={n} seed={seed}: {time.perf_counter() - t0:.1f} s wall, "
                   f"{time.process_time() - c0:.1f} s CPU, peak RSS {rss:.0f} MB; overlay settled in "
                   f"{', '.join(settled)} (virtual)", file=sys.stderr, flush=True)
-            if args.csv:
-                _write_csv(args.csv, rows)  # after every seed: a long run keeps what it measured
     if args.json:
         print(json.dumps(summarize(rows), indent=2))
     else:

@@ -359,7 +359,7 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
                            pre_failure: int = 3, guard: float = 10.0, detector: str = "neighbours",
                            scenarios: tuple[str, ...] = ("baseline", "single", "random", "steady", "massive"),
                            plumtree: dict[str, Any] | None = None, on_cluster: Any = None,
-                           join_interval: float = 0.01) -> list[Row]:
+                           on_row: Any = None, join_interval: float = 0.01) -> list[Row]:
     """Leitão et al.'s experiment over a HyParView overlay
     (:data:`PAPER_SETTINGS`, updated by ``plumtree``), one row per
     broadcast (``step`` numbers them within a scenario):
@@ -389,7 +389,8 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
     A broadcast's window closes when every live node delivered it and every
     lazy push was acknowledged, or after ``guard`` s (virtual).
     ``on_cluster(name, cluster)`` is awaited for each cluster before it
-    stops (pictures, checks).
+    stops (pictures, checks); ``on_row(row)`` is called with each row as
+    it is measured (a long run can keep what it has).
     """
     import random
 
@@ -399,6 +400,8 @@ async def paper_experiment(nodes: int, seed: int = 0, *, settle: float = 30.0, m
 
     def add(scenario: str, step: int, r: BroadcastResult) -> None:
         rows.append(_row(nodes, seed, scenario, step, [r]))
+        if on_row is not None:
+            on_row(rows[-1])
 
     async def fresh(extra: dict[str, Any] | None = None) -> Cluster:
         c = await make_cluster(nodes, seed=seed, plumtree={**settings, **(extra or {})},
