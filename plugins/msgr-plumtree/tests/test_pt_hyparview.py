@@ -134,3 +134,48 @@ async def test_pt_hyparview_joins_one_at_a_time_give_a_random_overlay(cluster: A
     d_storm = _mean_distance(storm.active_views(), "n0")
     assert d_spread <= 4.0, (d_spread, d_storm)
     assert d_storm > d_spread + 0.3, (d_storm, d_spread)
+
+
+def _components(av: dict[str, set[str]]) -> list[int]:
+    seen: set[str] = set()
+    sizes = []
+    for start in sorted(av):
+        if start in seen:
+            continue
+        seen.add(start)
+        todo, size = [start], 0
+        while todo:
+            size += 1
+            for b in av[todo.pop()]:
+                if b in av and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        sizes.append(size)
+    return sorted(sizes, reverse=True)
+
+
+async def test_pt_hyparview_overlay_merges_again_after_a_network_partition_heals(cluster: Any) -> None:
+    """A network partition splits the overlay (each side's detector fails
+    the other side's neighbours, each side refills from its own passive
+    members); once the network heals, nodes short of neighbours ask
+    passive members from the other side, so the overlay is one again and a
+    broadcast reaches every node."""
+    n = 40
+    c = await cluster(n, seed=0, plumtree={"peer_sampling": "hyparview"}, join_interval=0.01)
+    await c.settle(30, 300)
+    a, b = [f"n{i}" for i in range(n // 2)], [f"n{i}" for i in range(n // 2, n)]
+    c.network.partition(a, b)
+    for side, other in ((a, set(b)), (b, set(a))):
+        for x in side:
+            hv = c.nodes[x].extensions["hyparview"]
+            for v in sorted((hv.active | c.pt(x).members) & other):
+                c.nodes[x].hook.msgr_peer_failed(messenger=c.nodes[x], peer=v, reason="partition")
+    await asyncio.sleep(60)  # virtual: each side repairs its views
+    assert _components(c.active_views()) == [20, 20]
+    r = await c.broadcast("n0", guard=10)
+    assert r.delivered == 20  # its own side only
+    c.network.heal()
+    await asyncio.sleep(60)  # virtual: six shuffle ticks, each refilling free slots
+    assert _components(c.active_views()) == [n]
+    r = await c.broadcast("n0", guard=10)
+    assert r.reliability == 1.0
