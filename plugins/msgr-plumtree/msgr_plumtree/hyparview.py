@@ -174,8 +174,15 @@ class HyParView:
     # -- failures and promotion ---------------------------------------------------------
 
     def peer_failed(self, peer: str) -> None:
-        """A failure detector failed ``peer``: out of both views; an active
-        slot it leaves is refilled from the passive view."""
+        """A failure detector failed ``peer``: out of both views, and its
+        sessions marked down (a lossless session would otherwise keep
+        reconnecting to a dead node and queueing for it, for good); an
+        active slot it leaves is refilled from the passive view.  A peer
+        failed wrongly comes back through a join or a shuffle, on a new
+        session."""
+        for conn in self.ms.connections:
+            if conn.peer_name == peer:
+                conn.mark_down()
         self.passive.discard(peer)
         if peer in self.active:
             self._remove_active(peer)
